@@ -1,0 +1,54 @@
+# Every target sets up what it needs, so `make demo` and `make test` work on a fresh machine.
+# The Makefile only calls the CLI and pytest; the work lives in train/, convert/, device/, firmware_sim/.
+PY      ?= python3
+VENV    := .venv
+BIN     := $(VENV)/bin
+RUNS    ?= runs
+PRESET  ?= default
+FMNIST  := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
+STAMP   := $(VENV)/.installed
+
+.PHONY: setup data test train demo bench clean help
+
+help:
+	@echo "make demo   set up, then run the whole pipeline on the bundled data"
+	@echo "make test   set up, then run the test suite"
+	@echo "make train  pretrain the default preset (train/presets/$(PRESET).yaml)"
+	@echo "make bench  measurements (tables in bench/results/)"
+
+setup: $(STAMP) data
+
+$(STAMP): pyproject.toml
+	@echo "== creating $(VENV) with $$($(PY) --version)"
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[host,dev]'
+	@# Animal-MNIST: we read its data files directly; its loader imports TensorFlow and downloads.
+	$(BIN)/pip install -q --no-deps animal-mnist==0.4
+	@touch $@
+
+data: $(FMNIST)
+
+$(FMNIST):
+	@if [ "$$(id -u)" = 0 ]; then \
+	  echo "== installing Debian package dataset-fashion-mnist"; \
+	  apt-get install -y -q dataset-fashion-mnist >/dev/null || (apt-get update -q >/dev/null && apt-get install -y -q dataset-fashion-mnist >/dev/null); \
+	else \
+	  echo "Fashion-MNIST is missing: run 'sudo apt-get install dataset-fashion-mnist' and retry."; exit 1; \
+	fi
+
+test: setup
+	@# pytest exits 5 when it collects nothing: that is not a failure of the code under test.
+	$(BIN)/python -m pytest -q -x --durations=10 tests; rc=$$?; [ $$rc -eq 5 ] && rc=0; exit $$rc
+
+train: setup
+	$(BIN)/python -m train pretrain --preset $(PRESET) --out $(RUNS)/pretrain
+
+demo: train
+	@echo "== demo finished: checkpoint and metrics in $(RUNS)/pretrain/"
+
+bench: setup
+	$(BIN)/python -m bench
+
+clean:
+	rm -rf $(VENV) $(RUNS) bench/results

@@ -1,0 +1,77 @@
+"""The training loop shared by pretraining and adaptation: batches, augmentation, evaluation."""
+from __future__ import annotations
+
+import math
+from typing import Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .data import augment
+
+
+def seeded(*parts: int) -> torch.Generator:
+    """A generator fixed by (seed, epoch, step): resuming mid-epoch replays the same batches."""
+    g = torch.Generator()
+    g.manual_seed(hash(tuple(parts)) & 0x7FFF_FFFF_FFFF_FFFF)
+    return g
+
+
+def epoch_batches(n: int, batch_size: int, seed: int, epoch: int, rank: int = 0, world: int = 1) -> list[torch.Tensor]:
+    """This rank's batches of one epoch: a seeded permutation, strided across ranks, last partial batch dropped
+    when it would hold a single sample (BatchNorm cannot train on one)."""
+    order = torch.randperm(n, generator=seeded(seed, epoch))
+    order = order[: len(order) // world * world][rank::world]  # equal batch counts on every rank
+    batches = list(order.split(batch_size))
+    if len(batches) > 1 and len(batches[-1]) < 2:
+        batches.pop()
+    return batches
+
+
+def cosine_lr(base: float, step: int, total: int, warmup: int = 0) -> float:
+    """Linear warmup then cosine decay to zero, per step."""
+    if step < warmup:
+        return base * (step + 1) / warmup
+    t = (step - warmup) / max(1, total - warmup)
+    return 0.5 * base * (1 + math.cos(math.pi * min(1.0, t)))
+
+
+def train_steps(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batches: list[torch.Tensor], optimizer: torch.optim.Optimizer,
+                *, seed: int, epoch: int, start: int, lr_at, shift: int, flip: bool, label_smoothing: float = 0.0) -> Iterator[tuple[int, float, float]]:
+    """Run batches[start:], yielding (step_in_epoch, loss, accuracy) after each optimizer step."""
+    for i in range(start, len(batches)):
+        idx = batches[i]
+        xb = x[idx]
+        if shift or flip:
+            xb = augment(xb, seeded(seed, epoch, i, 1), max_shift=shift, flip=flip)
+        xb = xb.contiguous(memory_format=torch.channels_last)
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at(i) * group.get("lr_scale", 1.0)
+        logits = model(xb)
+        loss = F.cross_entropy(logits, y[idx], label_smoothing=label_smoothing)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        yield i, loss.item(), (logits.argmax(1) == y[idx]).float().mean().item()
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 512) -> tuple[float, float]:
+    """(accuracy, mean cross-entropy) in eval mode; restores the previous mode."""
+    was_training = model.training
+    model.eval()
+    correct, loss = 0, 0.0
+    for s in range(0, len(x), batch_size):
+        logits = model(x[s:s + batch_size].contiguous(memory_format=torch.channels_last))
+        correct += (logits.argmax(1) == y[s:s + batch_size]).sum().item()
+        loss += F.cross_entropy(logits, y[s:s + batch_size], reduction="sum").item()
+    model.train(was_training)
+    return correct / max(1, len(x)), loss / max(1, len(x))
+
+
+@torch.no_grad()
+def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
+    model.eval()
+    return torch.cat([model(x[s:s + batch_size].contiguous(memory_format=torch.channels_last))
+                      for s in range(0, len(x), batch_size)])
