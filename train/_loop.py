@@ -18,13 +18,14 @@ def seeded(*parts: int) -> torch.Generator:
     return g
 
 
-def epoch_batches(n: int, batch_size: int, seed: int, epoch: int, rank: int = 0, world: int = 1) -> list[torch.Tensor]:
-    """This rank's batches of one epoch: a seeded permutation, strided across ranks, last partial batch dropped
-    when it would hold a single sample (BatchNorm cannot train on one)."""
+def epoch_batches(n: int, batch_size: int, seed: int, epoch: int, rank: int = 0, world: int = 1,
+                  drop_singleton: bool = True) -> list[torch.Tensor]:
+    """This rank's batches of one epoch: a seeded permutation, strided across ranks. With drop_singleton, a last
+    batch of one sample is dropped (BatchNorm in training mode cannot normalize one sample)."""
     order = torch.randperm(n, generator=seeded(seed, epoch))
     order = order[: len(order) // world * world][rank::world]  # equal batch counts on every rank
     batches = list(order.split(batch_size))
-    if len(batches) > 1 and len(batches[-1]) < 2:
+    if drop_singleton and len(batches) > 1 and len(batches[-1]) < 2:
         batches.pop()
     return batches
 
@@ -58,15 +59,16 @@ def train_steps(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batches: lis
 
 @torch.no_grad()
 def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 512) -> tuple[float, float]:
-    """(accuracy, mean cross-entropy) in eval mode; restores the previous mode."""
-    was_training = model.training
+    """(accuracy, mean cross-entropy) in eval mode; restores every module's previous mode (frozen BN stays frozen)."""
+    modes = [(m, m.training) for m in model.modules()]
     model.eval()
     correct, loss = 0, 0.0
     for s in range(0, len(x), batch_size):
         logits = model(x[s:s + batch_size].contiguous(memory_format=torch.channels_last))
         correct += (logits.argmax(1) == y[s:s + batch_size]).sum().item()
         loss += F.cross_entropy(logits, y[s:s + batch_size], reduction="sum").item()
-    model.train(was_training)
+    for m, mode in modes:
+        m.training = mode
     return correct / max(1, len(x)), loss / max(1, len(x))
 
 

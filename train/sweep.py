@@ -1,0 +1,100 @@
+"""All six methods on one target, the paper's comparison: a table (results/adapt.md) and a plot of
+accuracy against estimated training memory, one point per method (cf. TinyTL, Figure 1/Table 1).
+
+Each run lands in its own folder; a finished run is reused, so a crash loses at most the run under way.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .adapt import AdaptConfig, adapt
+from .methods import METHODS
+
+LABEL = {"ft-full": "FT-Full", "ft-last": "FT-Last", "ft-norm-last": "FT-Norm+Last",
+         "tinytl-b": "TinyTL-B", "tinytl-l": "TinyTL-L", "tinytl-lb": "TinyTL-L+B"}
+
+
+@dataclass(frozen=True)
+class Run:
+    method: str
+    batch_size: int
+    lite_init: str = "pretrained"
+
+    @property
+    def name(self) -> str:
+        return f"{self.method}-b{self.batch_size}" + ("-litefresh" if self.lite_init == "random" else "")
+
+
+def default_runs() -> list[Run]:
+    """Six methods at batch 8, TinyTL-L+B also at batch 1 and with fresh (zero-started) lite branches."""
+    return [Run(m, 8) for m in METHODS] + [Run("tinytl-lb", 1), Run("tinytl-lb", 8, "random")]
+
+
+def sweep(checkpoint: Path, data: str, out: Path, *, runs: list[Run], epochs: int, seed: int = 0, limit: int | None = None,
+          flip: bool = True, progress: bool = True) -> list[dict[str, Any]]:
+    rows = []
+    for i, run in enumerate(runs, 1):
+        folder = out / run.name
+        done = folder / "model.json"
+        if not done.exists():
+            if progress:
+                print(f"[{i}/{len(runs)}] {run.name}", flush=True)
+            cfg = AdaptConfig(checkpoint=str(checkpoint), data=data, method=run.method, batch_size=run.batch_size,
+                              lite_init=run.lite_init, epochs=epochs, seed=seed, limit=limit, augment_flip=flip)
+            adapt(cfg, folder, progress=progress, force=True)
+        info = json.loads(done.read_text())
+        rows.append({"run": run.name, "method": run.method, "batch": run.batch_size, "lite_init": info["lite_init"],
+                     "trainable_params": info["trainable_params"], "test_acc": info["test_acc"],
+                     "val_acc": info["best"]["val_acc"], "memory_mb": info["memory"]["total_bytes"] / 2**20,
+                     "seconds": info["seconds"]})
+    return rows
+
+
+def gap_closed(rows: list[dict[str, Any]], batch: int = 8) -> float | None:
+    """(L+B - Last) / (Full - Last) at the given batch size: how much of FT-Full's gain TinyTL-L+B keeps."""
+    acc = {r["method"]: r["test_acc"] for r in rows if r["batch"] == batch and r["lite_init"] == "pretrained"}
+    if not {"ft-full", "ft-last", "tinytl-lb"} <= set(acc) or acc["ft-full"] == acc["ft-last"]:
+        return None
+    return (acc["tinytl-lb"] - acc["ft-last"]) / (acc["ft-full"] - acc["ft-last"])
+
+
+def write_report(rows: list[dict[str, Any]], out_dir: Path, *, title: str) -> Path:
+    """results/adapt.md + adapt.png."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    lines = [f"# {title}", "", "Memory: the TinyTL paper's accounting (`python -m train memory`), MiB; accuracy on the held-out test split.", "",
+             "| run | method | batch | lite branches | trainable params | est. memory (MiB) | val acc | test acc | time (s) |",
+             "|---|---|---:|---|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        lines.append(f"| {r['run']} | {LABEL[r['method']]} | {r['batch']} | {r['lite_init']} | {r['trainable_params']:,} | "
+                     f"{r['memory_mb']:.2f} | {r['val_acc']:.4f} | {r['test_acc']:.4f} | {r['seconds']:.0f} |")
+    g = gap_closed(rows)
+    if g is not None:
+        lines += ["", f"Gap closed by TinyTL-L+B at batch 8: (L+B - Last) / (Full - Last) = {g:.2f} (paper: 0.29-0.89, ~0.7 on average)."]
+    md = out_dir / "adapt.md"
+    md.write_text("\n".join(lines) + "\n")
+    _plot(rows, out_dir / "adapt.png", title)
+    return md
+
+
+def _plot(rows: list[dict[str, Any]], path: Path, title: str) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for r in rows:
+        if r["batch"] != 8 or r["lite_init"] != "pretrained":
+            continue
+        tiny = r["method"].startswith("tinytl")
+        ax.scatter(r["memory_mb"], 100 * r["test_acc"], s=60, marker="*" if tiny else "o", color="tab:red" if tiny else "tab:blue")
+        ax.annotate(LABEL[r["method"]], (r["memory_mb"], 100 * r["test_acc"]), textcoords="offset points", xytext=(5, 4), fontsize=8)
+    ax.set_xscale("log")
+    ax.set_xlabel("estimated training memory, batch 8 (MiB, log)")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
