@@ -88,7 +88,7 @@ def _run_adapt(a: argparse.Namespace) -> None:
                       lr=a.lr, lite_init=a.lite_init, augment_flip=not a.no_flip, limit=a.limit, seed=a.seed)
     m = adapt(cfg, a.out, force=a.force)
     print(f"{cfg.method} (batch {cfg.batch_size}): test accuracy {m['test_acc']:.4f}, {m['trainable_params']:,} trainable "
-          f"parameters, estimated training memory {m['memory']['total_bytes'] / 2**20:.2f} MB -> {a.out / 'model.pt'}")
+          f"parameters, estimated training memory {m['memory']['total_bytes'] / 1e6:.2f} MB -> {a.out / 'model.pt'}")
 
 
 def _add_memory(sub: argparse._SubParsersAction) -> None:

@@ -48,7 +48,7 @@ def sweep(checkpoint: Path, data: str, out: Path, *, runs: list[Run], epochs: in
         info = json.loads(done.read_text())
         rows.append({"run": run.name, "method": run.method, "batch": run.batch_size, "lite_init": info["lite_init"],
                      "trainable_params": info["trainable_params"], "test_acc": info["test_acc"],
-                     "val_acc": info["best"]["val_acc"], "memory_mb": info["memory"]["total_bytes"] / 2**20,
+                     "val_acc": info["best"]["val_acc"], "memory_mb": info["memory"]["total_bytes"] / 1e6,
                      "seconds": info["seconds"]})
     return rows
 
@@ -64,8 +64,8 @@ def gap_closed(rows: list[dict[str, Any]], batch: int = 8) -> float | None:
 def write_report(rows: list[dict[str, Any]], out_dir: Path, *, title: str) -> Path:
     """results/adapt.md + adapt.png."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    lines = [f"# {title}", "", "Memory: the TinyTL paper's accounting (`python -m train memory`), MiB; accuracy on the held-out test split.", "",
-             "| run | method | batch | lite branches | trainable params | est. memory (MiB) | val acc | test acc | time (s) |",
+    lines = [f"# {title}", "", "Memory: the TinyTL paper's accounting (`python -m train memory`), MB = 10^6 bytes; accuracy on the held-out test split.", "",
+             "| run | method | batch | lite branches | trainable params | est. memory (MB) | val acc | test acc | time (s) |",
              "|---|---|---:|---|---:|---:|---:|---:|---:|"]
     for r in rows:
         lines.append(f"| {r['run']} | {LABEL[r['method']]} | {r['batch']} | {r['lite_init']} | {r['trainable_params']:,} | "
@@ -91,7 +91,7 @@ def _plot(rows: list[dict[str, Any]], path: Path, title: str) -> None:
         ax.scatter(r["memory_mb"], 100 * r["test_acc"], s=60, marker="*" if tiny else "o", color="tab:red" if tiny else "tab:blue")
         ax.annotate(LABEL[r["method"]], (r["memory_mb"], 100 * r["test_acc"]), textcoords="offset points", xytext=(5, 4), fontsize=8)
     ax.set_xscale("log")
-    ax.set_xlabel("estimated training memory, batch 8 (MiB, log)")
+    ax.set_xlabel("estimated training memory, batch 8 (MB, log)")
     ax.set_ylabel("test accuracy (%)")
     ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)
