@@ -8,12 +8,13 @@ PRESET  ?= default
 FMNIST  := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 STAMP   := $(VENV)/.installed
 
-.PHONY: setup data test train demo bench clean help
+.PHONY: setup data test train adapt demo bench clean help
 
 help:
 	@echo "make demo   set up, then run the whole pipeline on the bundled data"
 	@echo "make test   set up, then run the test suite"
 	@echo "make train  pretrain the default preset (train/presets/$(PRESET).yaml)"
+	@echo "make adapt  all six adaptation methods on Animal-MNIST -> results/adapt.md"
 	@echo "make bench  measurements (tables in bench/results/)"
 
 setup: $(STAMP) data
@@ -41,11 +42,15 @@ test: setup
 	@# pytest exits 5 when it collects nothing: that is not a failure of the code under test.
 	$(BIN)/python -m pytest -q -x --durations=10 tests; rc=$$?; [ $$rc -eq 5 ] && rc=0; exit $$rc
 
+# --resume makes the target idempotent: a finished run is re-evaluated, a crashed one continues.
 train: setup
-	$(BIN)/python -m train pretrain --preset $(PRESET) --out $(RUNS)/pretrain
+	$(BIN)/python -m train pretrain --preset $(PRESET) --out $(RUNS)/pretrain --resume
 
-demo: train
-	@echo "== demo finished: checkpoint and metrics in $(RUNS)/pretrain/"
+adapt: train
+	$(BIN)/python -m train sweep --from $(RUNS)/pretrain/model.pt --data animal-mnist --out $(RUNS)/adapt --report results
+
+demo: adapt
+	@echo "== demo finished: pretrained model in $(RUNS)/pretrain/, adaptation report in results/adapt.md (plot: results/adapt.png)"
 
 bench: setup
 	$(BIN)/python -m bench

@@ -107,7 +107,27 @@ def test_adapt_bad_input(pretrained, tmp_path):
     torch.save(raw, tmp_path / "bad.pt")
     with pytest.raises(UserError, match="bad.pt: weights do not match the model spec"):
         adapt(AdaptConfig(checkpoint=str(tmp_path / "bad.pt"), data="digits"), tmp_path / "o", progress=False)
+    # target images that do not fit the model (200 px into a 32 px network)
+    import numpy as np
+    np.savez(tmp_path / "big.npz", x=np.zeros((40, 200, 200), np.uint8), y=np.arange(40) % 2)
+    with pytest.raises(UserError, match="200"):
+        adapt(AdaptConfig(checkpoint=str(pretrained), data=str(tmp_path / "big.npz")), tmp_path / "o3", progress=False)
     # a checkpoint that is not one of ours
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(UserError, match="junk.pt: not a readable weights-only checkpoint"):
         adapt(AdaptConfig(checkpoint=str(tmp_path / "junk.pt"), data="digits"), tmp_path / "o2", progress=False)
+
+
+def test_sweep_reuses_finished_runs_and_reports(pretrained, tmp_path):
+    from train.sweep import Run, sweep, write_report
+    runs = [Run("ft-last", 8), Run("tinytl-b", 8)]
+    kw = dict(runs=runs, epochs=1, limit=64, flip=False, progress=False)
+    rows = sweep(pretrained, "digits", tmp_path / "runs", **kw)
+    stamp = (tmp_path / "runs" / "ft-last-b8" / "model.pt").stat().st_mtime_ns
+    assert sweep(pretrained, "digits", tmp_path / "runs", **kw) == rows  # reused, not retrained
+    assert (tmp_path / "runs" / "ft-last-b8" / "model.pt").stat().st_mtime_ns == stamp
+    sweep(pretrained, "digits", tmp_path / "runs", **(kw | {"limit": 32}))  # another config: retrained
+    assert (tmp_path / "runs" / "ft-last-b8" / "model.pt").stat().st_mtime_ns != stamp
+    md = write_report(rows, tmp_path / "results", title="t")
+    text = md.read_text()
+    assert "| ft-last-b8 | FT-Last | 8 |" in text and (tmp_path / "results" / "adapt.png").stat().st_size > 1000

@@ -15,7 +15,7 @@ import torch
 from tqdm import tqdm
 
 from . import _loop
-from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpoint import file_sha256, load_checkpoint, save_checkpoint
 from .data import Preprocess, check_fits, load_dataset, preprocess
 from .errors import UserError
 from .methods import LITE_METHODS, METHODS, apply_method, set_adapt_mode
@@ -111,7 +111,7 @@ def adapt(cfg: AdaptConfig, out: Path, *, progress: bool = True, force: bool = F
                "trainable_params": sum(p.numel() for p in params), "lite_init": cfg.lite_init if had_lite else "random (checkpoint had none)",
                "memory": _memory_estimate(model, cfg.method, prep.resolution, cfg.batch_size)}
     meta = {"stage": "adapt", "method": cfg.method, "trainable": names, "config": dataclasses.asdict(cfg), "dataset": ds.name,
-            "pretrained_from": str(cfg.checkpoint)}
+            "pretrained_from": str(cfg.checkpoint), "pretrained_sha256": file_sha256(Path(cfg.checkpoint))}
     save_checkpoint(out / "model.pt", model, preprocess=prep.to_dict(), classes=list(ds.classes), meta=meta | metrics)
     return metrics
 

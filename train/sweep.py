@@ -5,12 +5,14 @@ Each run lands in its own folder; a finished run is reused, so a crash loses at 
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from .adapt import AdaptConfig, adapt
+from .checkpoint import file_sha256
 from .methods import METHODS
 
 LABEL = {"ft-full": "FT-Full", "ft-last": "FT-Last", "ft-norm-last": "FT-Norm+Last",
@@ -35,15 +37,15 @@ def default_runs() -> list[Run]:
 
 def sweep(checkpoint: Path, data: str, out: Path, *, runs: list[Run], epochs: int, seed: int = 0, limit: int | None = None,
           flip: bool = True, progress: bool = True) -> list[dict[str, Any]]:
-    rows = []
+    rows, source = [], file_sha256(checkpoint)
     for i, run in enumerate(runs, 1):
         folder = out / run.name
         done = folder / "model.json"
-        if not done.exists():
+        cfg = AdaptConfig(checkpoint=str(checkpoint), data=data, method=run.method, batch_size=run.batch_size,
+                          lite_init=run.lite_init, epochs=epochs, seed=seed, limit=limit, augment_flip=flip)
+        if not _finished(done, cfg, source):
             if progress:
                 print(f"[{i}/{len(runs)}] {run.name}", flush=True)
-            cfg = AdaptConfig(checkpoint=str(checkpoint), data=data, method=run.method, batch_size=run.batch_size,
-                              lite_init=run.lite_init, epochs=epochs, seed=seed, limit=limit, augment_flip=flip)
             adapt(cfg, folder, progress=progress, force=True)
         info = json.loads(done.read_text())
         rows.append({"run": run.name, "method": run.method, "batch": run.batch_size, "lite_init": info["lite_init"],
@@ -51,6 +53,14 @@ def sweep(checkpoint: Path, data: str, out: Path, *, runs: list[Run], epochs: in
                      "val_acc": info["best"]["val_acc"], "memory_mb": info["memory"]["total_bytes"] / 1e6,
                      "seconds": info["seconds"]})
     return rows
+
+
+def _finished(done: Path, cfg: AdaptConfig, source_sha256: str) -> bool:
+    """A run is reused only if it was made with the same config from the same pretrained file."""
+    if not done.exists():
+        return False
+    info = json.loads(done.read_text())
+    return info.get("config") == dataclasses.asdict(cfg) and info.get("pretrained_sha256") == source_sha256
 
 
 def gap_closed(rows: list[dict[str, Any]], batch: int = 8) -> float | None:
