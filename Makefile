@@ -8,13 +8,14 @@ PRESET  ?= default
 FMNIST  := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 STAMP   := $(VENV)/.installed
 
-.PHONY: setup data test train adapt demo bench clean help
+.PHONY: setup data test train adapt convert demo bench clean help
 
 help:
 	@echo "make demo   set up, then run the whole pipeline on the bundled data"
 	@echo "make test   set up, then run the test suite"
 	@echo "make train  pretrain the default preset (train/presets/$(PRESET).yaml)"
 	@echo "make adapt  all six adaptation methods on Animal-MNIST -> results/adapt.md"
+	@echo "make convert  the adapted TinyTL-L+B checkpoint -> an int8 bundle in $(RUNS)/bundle"
 	@echo "make bench  measurements (tables in bench/results/)"
 
 setup: $(STAMP) data
@@ -49,8 +50,14 @@ train: setup
 adapt: train
 	$(BIN)/python -m train sweep --from $(RUNS)/pretrain/model.pt --data animal-mnist --out $(RUNS)/adapt --report results
 
-demo: adapt
-	@echo "== demo finished: pretrained model in $(RUNS)/pretrain/, adaptation report in results/adapt.md (plot: results/adapt.png)"
+convert: adapt
+	$(BIN)/python -m convert --checkpoint $(RUNS)/adapt/tinytl-lb-b8/model.pt --out $(RUNS)/bundle --force
+
+demo: convert
+	@echo "== demo finished:"
+	@echo "   pretrained model    $(RUNS)/pretrain/model.pt (+ model.json)"
+	@echo "   adaptation report   results/adapt.md, plot results/adapt.png"
+	@echo "   int8 bundle         $(RUNS)/bundle/ (conversion report: $(RUNS)/bundle/report.md)"
 
 bench: setup
 	$(BIN)/python -m bench

@@ -5,7 +5,15 @@ device-learned parameters back into a stock int8 .tflite.
     convert(ConvertConfig(checkpoint="runs/adapt/model.pt", out="bundle"))
     merge("bundle", "trained.npz", "adapted.tflite")
 """
-from ._bundle import DEVICE_METHODS, ConvertConfig, convert
-from ._merge import merge
-
 __all__ = ["ConvertConfig", "DEVICE_METHODS", "convert", "merge"]
+
+
+def __getattr__(name: str):
+    """Lazy: `python -m convert --help` must not wait for TensorFlow to load."""
+    if name in ("ConvertConfig", "DEVICE_METHODS", "convert"):
+        from . import _bundle
+        return getattr(_bundle, name)
+    if name == "merge":
+        from ._merge import merge
+        return merge
+    raise AttributeError(f"module 'convert' has no attribute {name!r}")

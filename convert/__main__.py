@@ -2,8 +2,11 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see train/__main__.py: spinning OpenMP threads stall busy CPUs
 
 CONVERT_EXAMPLE = """examples:
   python -m convert --checkpoint runs/adapt/tinytl-lb/model.pt --out bundles/animal

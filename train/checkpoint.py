@@ -31,6 +31,9 @@ def atomic_write(path: Path, write) -> None:
             write(f)
             f.flush()
             os.fsync(f.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file normal permissions
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -67,7 +70,7 @@ def save_checkpoint(path: Path, model: MobileNet, *, preprocess: dict, classes: 
     """model.pt (weights only) + model.json (the same metadata, human-readable, plus metrics)."""
     payload = {"format": FORMAT, "version": VERSION, "model_spec": model.spec.to_dict(), "preprocess": preprocess,
                "classes": list(classes), "state_dict": {k: v.detach().clone() for k, v in model.state_dict().items()}}
-    payload.update({k: v for k, v in meta.items() if k in ("stage", "method", "trainable")})
+    payload.update({k: v for k, v in meta.items() if k in ("stage", "method", "trainable", "dataset", "config")})
     save_torch(path, payload)
     save_json(Path(path).with_suffix(".json"), {k: v for k, v in payload.items() if k != "state_dict"} | meta)
 
