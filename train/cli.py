@@ -142,18 +142,20 @@ def _add_sweep(sub: argparse._SubParsersAction) -> None:
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--from", dest="checkpoint", type=Path, required=True, help="pretrained checkpoint (.pt)")
     p.add_argument("--data", default="animal-mnist")
-    p.add_argument("--epochs", type=int, default=6)
+    p.add_argument("--epochs", type=int, default=3, help="per run (default 3: the whole sweep fits in ~15 minutes on 2 cores)")
     p.add_argument("--limit", type=int, help="use at most this many training images")
     p.add_argument("--no-flip", action="store_true")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, required=True, help="folder for the runs")
     p.add_argument("--report", type=Path, default=Path("results"), help="folder for adapt.md and adapt.png")
+    p.add_argument("--jobs", type=int, default=2, help="runs at once, one CPU thread each (default 2)")
     p.set_defaults(run=_run_sweep)
 
 
 def _run_sweep(a: argparse.Namespace) -> None:
     from .sweep import default_runs, sweep, write_report
-    rows = sweep(a.checkpoint, a.data, a.out, runs=default_runs(), epochs=a.epochs, seed=a.seed, limit=a.limit, flip=not a.no_flip)
+    rows = sweep(a.checkpoint, a.data, a.out, runs=default_runs(), epochs=a.epochs, seed=a.seed, limit=a.limit, flip=not a.no_flip,
+               jobs=a.jobs)
     md = write_report(rows, a.report, title=f"TinyTL adaptation: {a.checkpoint} -> {a.data}, {a.epochs} epochs, seed {a.seed}")
     print(md.read_text())
     print(f"report: {md}, plot: {md.with_suffix('.png')}")

@@ -32,7 +32,7 @@ class PretrainConfig:
     model: str = "mcunet-tiny"        # model preset name or path to a model .yaml
     resolution: int | None = None     # input side in px; None = the model preset's
     lite_residual: bool = False       # insert TinyTL lite residual branches and pretrain them too
-    epochs: int = 6
+    epochs: int = 4
     batch_size: int = 128             # global batch (split across DDP processes)
     lr: float = 0.1                   # peak SGD learning rate (momentum 0.9, nesterov), cosine decay per step
     warmup_epochs: float = 0.3        # linear warmup, in epochs
@@ -102,7 +102,7 @@ def pretrain(cfg: PretrainConfig, out: Path, *, resume: bool = False, force: boo
     steps_per_epoch = len(_loop.epoch_batches(len(x_train), cfg.batch_size // world, cfg.seed, 0, rank, world))
     total, warmup = cfg.epochs * steps_per_epoch, int(cfg.warmup_epochs * steps_per_epoch)
 
-    epoch, step_in_epoch, best, history = 0, 0, {"val_acc": -1.0}, []
+    epoch, step_in_epoch, best, history, elapsed = 0, 0, {"val_acc": -1.0}, [], 0.0
     if resume and state_path.exists():
         st = load_torch(state_path)
         if st["config"] != dataclasses.asdict(cfg):
@@ -111,18 +111,19 @@ def pretrain(cfg: PretrainConfig, out: Path, *, resume: bool = False, force: boo
         optimizer.load_state_dict(st["optimizer"])
         torch.set_rng_state(st["torch_rng"])
         epoch, step_in_epoch, best, history = st["epoch"], st["step_in_epoch"], st["best"], st["history"]
+        elapsed = st["elapsed"]  # seconds spent before the crash, so reported times are whole-run times
     ddp = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
 
     def save_state() -> None:
         if rank == 0:
             save_torch(state_path, {"config": dataclasses.asdict(cfg), "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                                     "torch_rng": torch.get_rng_state(), "epoch": epoch, "step_in_epoch": step_in_epoch,
-                                    "best": best, "history": history})
+                                    "best": best, "history": history, "elapsed": time.time() - t0})
 
     meta = {"stage": "pretrain", "config": dataclasses.asdict(cfg), "dataset": ds.name, "world_size": world,
             "parameters": count_parameters(model)}
     steps_done = epoch * steps_per_epoch + step_in_epoch
-    t0 = time.time()
+    t0 = time.time() - elapsed
     while epoch < cfg.epochs:
         batches = _loop.epoch_batches(len(x_train), cfg.batch_size // world, cfg.seed, epoch, rank, world)
         ddp.train()

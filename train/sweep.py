@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import multiprocessing
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,19 +37,35 @@ def default_runs() -> list[Run]:
     return [Run(m, 8) for m in METHODS] + [Run("tinytl-lb", 1), Run("tinytl-lb", 8, "random")]
 
 
+def _run_one(cfg: AdaptConfig, folder: Path, progress: bool) -> float:
+    return adapt(cfg, folder, progress=progress, force=True)["test_acc"]
+
+
 def sweep(checkpoint: Path, data: str, out: Path, *, runs: list[Run], epochs: int, seed: int = 0, limit: int | None = None,
-          flip: bool = True, progress: bool = True) -> list[dict[str, Any]]:
-    rows, source = [], file_sha256(checkpoint)
-    for i, run in enumerate(runs, 1):
-        folder = out / run.name
-        done = folder / "model.json"
-        cfg = AdaptConfig(checkpoint=str(checkpoint), data=data, method=run.method, batch_size=run.batch_size,
-                          lite_init=run.lite_init, epochs=epochs, seed=seed, limit=limit, augment_flip=flip)
-        if not _finished(done, cfg, source):
+          flip: bool = True, progress: bool = True, jobs: int = 1) -> list[dict[str, Any]]:
+    """Run (or reuse) every run; with jobs > 1, that many runs at once in separate processes (one thread each)."""
+    source = file_sha256(checkpoint)
+    todo = []
+    for run in runs:
+        cfg = AdaptConfig(checkpoint=str(checkpoint), data=data, method=run.method, batch_size=run.batch_size, lite_init=run.lite_init,
+                          epochs=epochs, seed=seed, limit=limit, augment_flip=flip, threads=1 if jobs > 1 else None)
+        if not _finished(out / run.name / "model.json", cfg, source):
+            todo.append((run, cfg))
+    if jobs > 1 and len(todo) > 1:
+        with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+            futures = {pool.submit(_run_one, cfg, out / run.name, False): run for run, cfg in todo}
+            for k, fut in enumerate(as_completed(futures), 1):
+                if progress:
+                    print(f"[{k}/{len(todo)}] {futures[fut].name}: test accuracy {fut.result():.4f}", flush=True)
+                fut.result()
+    else:
+        for k, (run, cfg) in enumerate(todo, 1):
             if progress:
-                print(f"[{i}/{len(runs)}] {run.name}", flush=True)
-            adapt(cfg, folder, progress=progress, force=True)
-        info = json.loads(done.read_text())
+                print(f"[{k}/{len(todo)}] {run.name}", flush=True)
+            _run_one(cfg, out / run.name, progress)
+    rows = []
+    for run in runs:
+        info = json.loads((out / run.name / "model.json").read_text())
         rows.append({"run": run.name, "method": run.method, "batch": run.batch_size, "lite_init": info["lite_init"],
                      "trainable_params": info["trainable_params"], "test_acc": info["test_acc"],
                      "val_acc": info["best"]["val_acc"], "memory_mb": info["memory"]["total_bytes"] / 1e6,
@@ -93,14 +111,19 @@ def _plot(rows: list[dict[str, Any]], path: Path, title: str) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
     fig, ax = plt.subplots(figsize=(6, 4))
     for r in rows:
         if r["batch"] != 8 or r["lite_init"] != "pretrained":
             continue
         tiny = r["method"].startswith("tinytl")
         ax.scatter(r["memory_mb"], 100 * r["test_acc"], s=60, marker="*" if tiny else "o", color="tab:red" if tiny else "tab:blue")
-        ax.annotate(LABEL[r["method"]], (r["memory_mb"], 100 * r["test_acc"]), textcoords="offset points", xytext=(5, 4), fontsize=8)
+        below = r["method"] == "tinytl-l"  # L and L+B sit close together: label one under its point
+        ax.annotate(LABEL[r["method"]], (r["memory_mb"], 100 * r["test_acc"]), textcoords="offset points",
+                    xytext=(5, -11 if below else 4), fontsize=8)
     ax.set_xscale("log")
+    ax.xaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
     ax.set_xlabel("estimated training memory, batch 8 (MB, log)")
     ax.set_ylabel("test accuracy (%)")
     ax.set_title(title, fontsize=9)
