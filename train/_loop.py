@@ -43,18 +43,19 @@ def train_steps(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batches: lis
     """Run batches[start:], yielding (step_in_epoch, loss, accuracy) after each optimizer step."""
     for i in range(start, len(batches)):
         idx = batches[i]
-        xb = x[idx]
+        dev = next(model.parameters()).device  # data stays on the host; batches go to the model's device
+        xb, yb = x[idx].to(dev), y[idx].to(dev)
         if shift or flip:
             xb = augment(xb, seeded(seed, epoch, i, 1), max_shift=shift, flip=flip)
         xb = xb.contiguous(memory_format=torch.channels_last)
         for group in optimizer.param_groups:
             group["lr"] = lr_at(i) * group.get("lr_scale", 1.0)
         logits = model(xb)
-        loss = F.cross_entropy(logits, y[idx], label_smoothing=label_smoothing)
+        loss = F.cross_entropy(logits, yb, label_smoothing=label_smoothing)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        yield i, loss.item(), (logits.argmax(1) == y[idx]).float().mean().item()
+        yield i, loss.item(), (logits.argmax(1) == yb).float().mean().item()
 
 
 @torch.no_grad()
@@ -62,11 +63,13 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int
     """(accuracy, mean cross-entropy) in eval mode; restores every module's previous mode (frozen BN stays frozen)."""
     modes = [(m, m.training) for m in model.modules()]
     model.eval()
+    dev = next(model.parameters()).device
     correct, loss = 0, 0.0
     for s in range(0, len(x), batch_size):
-        logits = model(x[s:s + batch_size].contiguous(memory_format=torch.channels_last))
-        correct += (logits.argmax(1) == y[s:s + batch_size]).sum().item()
-        loss += F.cross_entropy(logits, y[s:s + batch_size], reduction="sum").item()
+        logits = model(x[s:s + batch_size].to(dev).contiguous(memory_format=torch.channels_last))
+        yb = y[s:s + batch_size].to(dev)
+        correct += (logits.argmax(1) == yb).sum().item()
+        loss += F.cross_entropy(logits, yb, reduction="sum").item()
     for m, mode in modes:
         m.training = mode
     return correct / max(1, len(x)), loss / max(1, len(x))
@@ -75,5 +78,6 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int
 @torch.no_grad()
 def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
     model.eval()
-    return torch.cat([model(x[s:s + batch_size].contiguous(memory_format=torch.channels_last))
+    dev = next(model.parameters()).device
+    return torch.cat([model(x[s:s + batch_size].to(dev).contiguous(memory_format=torch.channels_last)).cpu()
                       for s in range(0, len(x), batch_size)])

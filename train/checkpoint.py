@@ -69,7 +69,7 @@ def load_torch(path: Path) -> Any:
 def save_checkpoint(path: Path, model: MobileNet, *, preprocess: dict, classes: list[str], meta: dict[str, Any]) -> None:
     """model.pt (weights only) + model.json (the same metadata, human-readable, plus metrics)."""
     payload = {"format": FORMAT, "version": VERSION, "model_spec": model.spec.to_dict(), "preprocess": preprocess,
-               "classes": list(classes), "state_dict": {k: v.detach().clone() for k, v in model.state_dict().items()}}
+               "classes": list(classes), "state_dict": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}}
     payload.update({k: v for k, v in meta.items() if k in ("stage", "method", "trainable", "dataset", "config")})
     save_torch(path, payload)
     save_json(Path(path).with_suffix(".json"), {k: v for k, v in payload.items() if k != "state_dict"} | meta)

@@ -62,12 +62,19 @@ def load_preset(name_or_path: str, **overrides: Any) -> PretrainConfig:
     return from_dict(PretrainConfig, data, str(path))
 
 
-def _dist_setup() -> tuple[int, int]:
-    """(rank, world size); initialises the process group when launched by torchrun."""
+def _dist_setup() -> tuple[int, int, torch.device]:
+    """(rank, world size, device); initialises the process group when launched by torchrun.
+
+    On GPUs each process drives the GPU of its LOCAL_RANK and talks NCCL; on CPUs, gloo.
+    """
     world = int(os.environ.get("WORLD_SIZE", "1"))
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    device = torch.device(f"cuda:{local}") if torch.cuda.is_available() else torch.device("cpu")
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
     if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    return (dist.get_rank(), world) if world > 1 else (0, 1)
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return (dist.get_rank(), world, device) if world > 1 else (0, 1, device)
 
 
 def pretrain(cfg: PretrainConfig, out: Path, *, resume: bool = False, force: bool = False,
@@ -77,7 +84,7 @@ def pretrain(cfg: PretrainConfig, out: Path, *, resume: bool = False, force: boo
     stop_after_steps: save the resume state and return early after that many steps in total
     (used to prove that resuming reproduces an uninterrupted run).
     """
-    rank, world = _dist_setup()
+    rank, world, device = _dist_setup()
     out = Path(out)
     state_path = out / "state.pt"
     if rank == 0 and out.exists() and any(out.iterdir()) and not (resume or force):
@@ -93,7 +100,7 @@ def pretrain(cfg: PretrainConfig, out: Path, *, resume: bool = False, force: boo
     x_train, y_train = preprocess(ds.train.x, prep), torch.from_numpy(ds.train.y)
     x_val, y_val = preprocess(ds.val.x, prep), torch.from_numpy(ds.val.y)
 
-    model = build_model(spec).to(memory_format=torch.channels_last)
+    model = build_model(spec).to(device, memory_format=torch.channels_last)
     wd, no_wd = [], []
     for name, p in model.named_parameters():  # no weight decay on norms and biases
         (no_wd if p.ndim <= 1 else wd).append(p)
@@ -107,12 +114,12 @@ def pretrain(cfg: PretrainConfig, out: Path, *, resume: bool = False, force: boo
         st = load_torch(state_path)
         if st["config"] != dataclasses.asdict(cfg):
             raise UserError(f"{state_path}: was written with a different config; rerun with the same flags or use --force")
-        model.load_state_dict(st["model"])
+        model.load_state_dict(st["model"])  # (load_state_dict copies onto the model's device)
         optimizer.load_state_dict(st["optimizer"])
         torch.set_rng_state(st["torch_rng"])
         epoch, step_in_epoch, best, history = st["epoch"], st["step_in_epoch"], st["best"], st["history"]
         elapsed = st["elapsed"]  # seconds spent before the crash, so reported times are whole-run times
-    ddp = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
+    ddp = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None) if world > 1 else model
 
     def save_state() -> None:
         if rank == 0:
@@ -159,7 +166,7 @@ def pretrain(cfg: PretrainConfig, out: Path, *, resume: bool = False, force: boo
     # Test once, on the model selected by validation accuracy.
     from .checkpoint import load_checkpoint
     best_model, _ = load_checkpoint(out / "model.pt")
-    best_model = best_model.to(memory_format=torch.channels_last)
+    best_model = best_model.to(device, memory_format=torch.channels_last)
     test_acc, test_loss = _loop.evaluate(best_model, preprocess(ds.test.x, prep), torch.from_numpy(ds.test.y))
     metrics = {"test_acc": test_acc, "test_loss": test_loss, "best": best, "history": history,
                "train_images": len(x_train), "seconds": round(time.time() - t0, 1)}
