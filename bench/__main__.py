@@ -2,14 +2,17 @@
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import sys
 import time
 from pathlib import Path
 
-import torch
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as in train/__main__.py; before torch loads
 
-from . import pretrain_speed
+import torch  # noqa: E402
+
+from . import pretrain_speed  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 

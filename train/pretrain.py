@@ -134,6 +134,7 @@ def pretrain(cfg: PretrainConfig, out: Path, *, resume: bool = False, force: boo
     while epoch < cfg.epochs:
         batches = _loop.epoch_batches(len(x_train), cfg.batch_size // world, cfg.seed, epoch, rank, world)
         ddp.train()
+        t_epoch = time.time()
         bar = tqdm(total=len(batches), initial=step_in_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}",
                    disable=not progress or rank != 0, mininterval=1.0, leave=False)
         steps = _loop.train_steps(ddp, x_train, y_train, batches, optimizer, seed=cfg.seed, epoch=epoch, start=step_in_epoch,
@@ -148,9 +149,11 @@ def pretrain(cfg: PretrainConfig, out: Path, *, resume: bool = False, force: boo
                 save_state()
                 return {"stopped_at_step": steps_done}
         bar.close()
+        train_seconds = time.time() - t_epoch  # the training steps alone (after a resume: the rest of the epoch)
         if rank == 0:
             val_acc, val_loss = _loop.evaluate(model, x_val, y_val)
-            history.append({"epoch": epoch + 1, "val_acc": val_acc, "val_loss": val_loss, "seconds": time.time() - t0})
+            history.append({"epoch": epoch + 1, "val_acc": val_acc, "val_loss": val_loss, "seconds": time.time() - t0,
+                            "train_seconds": train_seconds})
             if progress:
                 tqdm.write(f"epoch {epoch + 1}/{cfg.epochs}: val acc {val_acc:.4f}, loss {val_loss:.4f}")
             if val_acc > best["val_acc"]:
