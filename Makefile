@@ -41,7 +41,7 @@ $(FMNIST):
 
 test: setup
 	@# pytest exits 5 when it collects nothing: that is not a failure of the code under test.
-	$(BIN)/python -m pytest -q -x --durations=10 tests; rc=$$?; [ $$rc -eq 5 ] && rc=0; exit $$rc
+	$(BIN)/python -m pytest -q --durations=10 tests; rc=$$?; [ $$rc -eq 5 ] && rc=0; exit $$rc
 
 # --resume makes the target idempotent: a finished run is re-evaluated, a crashed one continues.
 train: setup
