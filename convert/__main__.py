@@ -27,6 +27,8 @@ def _convert_parser() -> argparse.ArgumentParser:
     p.add_argument("--classes", type=int, help="new task: number of classes")
     p.add_argument("--labels", help="new task: comma-separated class names")
     p.add_argument("--int8-lite", action="store_true", help="quantize lite residual branches too (default: float islands, more accurate)")
+    p.add_argument("--ranges", choices=("mse", "minmax"), default="mse",
+                   help="int8 activation ranges: MSE-optimal clipping from the calibration images (default), or their raw min/max")
     p.add_argument("--eval-samples", type=int, help="evaluate at most this many test images (default: all)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--force", action="store_true", help="replace OUT if it exists")
@@ -60,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
         from ._bundle import ConvertConfig, convert
         cfg = ConvertConfig(checkpoint=str(a.checkpoint), out=str(a.out), calibration_samples=a.calibration_samples, data=a.data,
                             method=a.method, classes=a.classes, labels=tuple(a.labels.split(",")) if a.labels else None,
-                            float_lite=not a.int8_lite, eval_samples=a.eval_samples, seed=a.seed, force=a.force)
+                            float_lite=not a.int8_lite, ranges=a.ranges, eval_samples=a.eval_samples, seed=a.seed, force=a.force)
         if cfg.calibration_samples < 1:
             raise UserError("--calibration-samples must be at least 1")
         r = convert(cfg)

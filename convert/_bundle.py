@@ -38,6 +38,7 @@ class ConvertConfig:
     classes: int | None = None           # new task: number of classes of the fresh head
     labels: tuple[str, ...] | None = None  # new task: class names (default class0..classN-1)
     float_lite: bool = True              # lite residual branches as float islands (more accurate, see report)
+    ranges: str = "mse"                  # activation ranges: "mse" (MSE-optimal clipping) or "minmax" (calibrator's)
     eval_samples: int | None = None      # cap on test images evaluated (None: the whole test split)
     seed: int = 0                        # calibration sample choice, fresh head init
     force: bool = False                  # replace an existing OUT
@@ -136,7 +137,9 @@ def convert(cfg: ConvertConfig, *, log=print) -> dict[str, Any]:
     rng = np.random.default_rng(cfg.seed)
     calib = nhwc(ds.train.x[np.sort(rng.choice(len(ds.train), cfg.calibration_samples, replace=False))], prep)
     log(f"converting {model.spec.name} ({meta['method']}), calibrating on {len(calib)} '{ds.name}' training images")
-    tfl = _tflite.convert_int8(g, params, calib, float_lite=cfg.float_lite)
+    # the input's int8 grid from the pixel grid (pixel p -> (p / 255 - mean) / std), see _tflite.input_quant
+    grid = (-prep.mean / prep.std, 1 / (255 * prep.std))
+    tfl = _tflite.convert_int8(g, params, calib, float_lite=cfg.float_lite, input_grid=grid, ranges=cfg.ranges)
     seconds = time.time() - t0
     spec, trainable = trainable_spec(g, params, tfl, meta["method"])
     from ._report import evaluate, write_report
@@ -183,7 +186,7 @@ def _manifest(cfg, model, meta, prep, tfl: bytes, spec: dict, tmp: Path) -> dict
         "lite_residual": "float islands" if cfg.float_lite else "int8",
         "trainable": [{"name": p["name"], "shape": p["shape"], "dtype": p["dtype"]} for p in spec["params"]],
         "source": {"checkpoint": str(cfg.checkpoint), "stage": meta.get("stage"),
-                   "calibration_samples": cfg.calibration_samples},
+                   "calibration_samples": cfg.calibration_samples, "activation_ranges": cfg.ranges},
         "files": _files(tmp),
         "tools": _tool_versions(),
     }

@@ -21,9 +21,7 @@ import numpy as np
 
 from device.bundle import BundleError, load_bundle, load_trained
 from train.errors import UserError
-from ._trainable import _to_tflite_layout
-
-INT32 = np.iinfo(np.int32)
+from device.requant import bias_int32, bias_scale, head_output_quant, per_channel_int8, to_tflite_layout
 
 
 def _fb():
@@ -39,14 +37,6 @@ def _set_buffer(model, schema, tensor, data: np.ndarray) -> None:
     tensor.buffer = len(model.buffers) - 1
 
 
-def _per_channel_int8(w: np.ndarray, axis: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    amax = np.abs(w).reshape(w.shape[axis], -1).max(1) if axis == 0 else np.abs(w).max(axis=tuple(i for i in range(w.ndim) if i != axis))
-    scale = np.maximum(amax, 1e-12) / 127.0
-    shape = [1] * w.ndim
-    shape[axis] = -1
-    return np.clip(np.round(w / scale.reshape(shape)), -127, 127).astype(np.int8), scale
-
-
 def patch(tflite: bytes, slots: list[dict[str, Any]], values: dict[str, np.ndarray]) -> bytes:
     """Return `tflite` with each slot's tensor re-encoded from values[slot name] (float32, our layout)."""
     schema, fbu = _fb()
@@ -60,16 +50,16 @@ def patch(tflite: bytes, slots: list[dict[str, Any]], values: dict[str, np.ndarr
             raise BundleError(f"trainable.json: slot of '{name}' does not match inference.tflite (tensor {s['tensor']})")
         t = sg.tensors[s["tensor"]]
         shape = tuple(int(d) for d in t.shape)
-        v = _to_tflite_layout(values[name].astype(np.float64), s["layout"], shape)
+        v = to_tflite_layout(values[name].astype(np.float64), s["layout"], shape)
         if v.shape != shape:
             raise BundleError(f"'{name}': {v.shape} does not fit tflite tensor {s['tensor']} {shape}")
         if s["dtype"] == "float32":
             _set_buffer(model, schema, t, v.astype(np.float32))
         elif s["dtype"] == "int8":
             if len(np.asarray(t.quantization.scale)) > 1:
-                q, scale = _per_channel_int8(v, axis=int(t.quantization.quantizedDimension))
+                q, scale = per_channel_int8(v, axis=int(t.quantization.quantizedDimension))
             else:  # a per-tensor int8 constant (GroupNorm affine in an int8 lite branch)
-                q, scale = _per_channel_int8(v.reshape(1, -1), axis=0)
+                q, scale = per_channel_int8(v.reshape(1, -1), axis=0)
                 q = q.reshape(v.shape)
             t.quantization.scale = scale.astype(np.float32)
             t.quantization.zeroPoint = np.zeros(len(scale), dtype=np.int64)
@@ -77,18 +67,37 @@ def patch(tflite: bytes, slots: list[dict[str, Any]], values: dict[str, np.ndarr
         elif s["dtype"] == "int32":
             s_in = float(np.asarray(sg.tensors[op.inputs[0]].quantization.scale)[0])
             s_w = np.asarray(sg.tensors[op.inputs[1]].quantization.scale, dtype=np.float64)
-            scale = (s_in * s_w).astype(np.float32)  # TFLite recomputes this product in float32
-            q = np.clip(np.round(v / scale.astype(np.float64)), INT32.min, INT32.max).astype(np.int32)
+            scale = bias_scale(s_in, s_w)
+            q = bias_int32(v, scale)
             t.quantization.scale = scale
             t.quantization.zeroPoint = np.zeros(len(scale), dtype=np.int64)
             _set_buffer(model, schema, t, q)
         else:
             raise BundleError(f"'{name}': cannot re-encode a {s['dtype']} tensor")
+    _widen_head_output(sg, slots, values)
     used = {int(t.buffer) for g in model.subgraphs for t in g.tensors}
     for i, buf in enumerate(model.buffers):  # drop the replaced values (indices stay valid)
         if i not in used:
             buf.data = None
     return bytes(fbu.convert_object_to_bytearray(model))
+
+
+def _widen_head_output(sg, slots: list[dict[str, Any]], values: dict[str, np.ndarray]) -> None:
+    """A retrained FULLY_CONNECTED head that writes the model output: give the output an int8 range its
+    logits cannot saturate (device/requant.head_output_quant); only that op's rescale reads the scale."""
+    by_op = {}
+    for p in slots:
+        by_op.setdefault(p["slot"]["op"], {})[p["slot"]["input"]] = values[p["name"]]
+    for k, vals in by_op.items():
+        op = sg.operators[k]
+        out = sg.tensors[op.outputs[0]]
+        if 1 not in vals or int(op.outputs[0]) not in [int(o) for o in sg.outputs] or len(vals[1].shape) != 2:
+            continue
+        x = sg.tensors[op.inputs[0]].quantization
+        b = vals.get(2, np.zeros(vals[1].shape[0]))
+        scale, zp = head_output_quant(vals[1], b, float(np.asarray(x.scale)[0]), int(np.asarray(x.zeroPoint)[0]))
+        out.quantization.scale = np.array([scale], np.float32)
+        out.quantization.zeroPoint = np.array([zp], np.int64)
 
 
 def merge(bundle: str | Path, trained: str | Path, out: str | Path, *, force: bool = False) -> dict[str, Any]:

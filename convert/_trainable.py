@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from device.graph import Graph, to_dict
+from device.requant import to_tflite_layout as _to_tflite_layout
 from . import _tflite
 
 FORMAT = "tinytl-trainable"
@@ -45,14 +46,6 @@ def _tflite_value(it, idx: int) -> np.ndarray:
             shape[ax] = -1
         v = (v - q["zero_points"].reshape(shape)) * q["scales"].reshape(shape)
     return v
-
-
-def _to_tflite_layout(value: np.ndarray, kind: str, tfl_shape: tuple) -> np.ndarray:
-    if kind == "conv_weight":
-        if tfl_shape[0] == 1 and value.shape[2] == 1 and tfl_shape[-1] == value.shape[3]:  # depthwise (1, KH, KW, C)
-            return value.transpose(2, 0, 1, 3)
-        return value.transpose(3, 0, 1, 2)  # HWIO -> OHWI
-    return value
 
 
 def find_slots(g: Graph, params: dict[str, np.ndarray], model: bytes) -> dict[str, dict]:

@@ -253,3 +253,42 @@ def test_merge_round_trip(tmp_path, bundle, checkpoint, digits):
     save_trained(tmp_path / "bad.npz", {**trained, "stem.bias": np.zeros(3)})
     with pytest.raises(BundleError, match="stem.bias"):
         merge(bundle, tmp_path / "bad.npz", tmp_path / "bad.tflite")
+
+
+# ---- int8 numerics: the input grid and the activation ranges -------------------------------------
+
+@pytest.mark.parametrize("mean,std", [(0.5, 0.5), (0.0, 1.0), (128 / 255, 0.5), (0.485, 0.229)])
+def test_input_quantization_holds_the_pixel_grid(mean, std):
+    """Pixel p -> (p/255 - mean)/std -> int8 by the manifest's rule: within half a step, never clipped,
+    and exact wherever an integer zero point allows it (mean 0: q == p - 128 for every pixel)."""
+    s, zp = _tflite.input_quant(-mean / std, 1 / (255 * std))
+    x = ((np.arange(256) / 255 - mean) / std).astype(np.float32)  # as the preprocessing computes it
+    q = np.round(x / np.float32(s)) + zp
+    assert q.min() >= -128 and q.max() <= 127
+    err = np.abs((q - zp) * s - x)
+    assert err.max() <= 0.5 * s * (1 + 1e-5)
+    if mean == 0.0:
+        assert (q == np.arange(256) - 128).all()
+    if (mean, std) == (128 / 255, 0.5):  # 255 * mean integer: exact too
+        assert err.max() < 1e-6
+    if (mean, std) == (0.5, 0.5):  # 2p/255 - 1: -1 (the background), 0 and 1 exact; the old 2/255, -1 was off by 1/255 everywhere
+        assert abs(s - 1 / 127) < 1e-9 and err[0] < 1e-6 and err[-1] < 1e-6
+        old = (np.clip(np.round(x / np.float32(2 / 255)) - 1, -128, 127) + 1) * (2 / 255)
+        assert np.abs(old - x).min() > 0.99 / 255  # every pixel off by a full 1/255
+        assert np.sqrt((err ** 2).mean()) < 0.6 * np.sqrt(((old - x) ** 2).mean())
+
+
+def test_mse_range_clips_tails_only():
+    rng = np.random.default_rng(0)
+    heavy = np.concatenate([rng.normal(0, 1, 1_000_000), [-40.0, 40.0]])  # two outliers stretch min/max 10x
+    h = np.bincount(((heavy + 40) * (_tflite.BINS / 80)).astype(int).clip(0, _tflite.BINS - 1), minlength=_tflite.BINS)
+    lo, hi = _tflite.mse_range(-40.0, 40.0, h)
+    assert 3 < hi < 15 and -15 < lo < -3
+    flat = np.full(_tflite.BINS, 100)  # uniform values: nothing to gain by clipping
+    assert _tflite.mse_range(-1.0, 1.0, flat) == (-1.0, 1.0)
+
+
+def test_bundle_input_and_ranges(bundle):
+    m = load_bundle(bundle).manifest
+    assert abs(m["input"]["scale"] - 1 / 127) < 1e-9 and m["source"]["activation_ranges"] == "mse"
+    assert "MSE-optimal" in (bundle / "report.md").read_text()

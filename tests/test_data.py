@@ -179,10 +179,18 @@ def test_unpickler_refuses_non_array(tmp_path):
 
 # ---------------------------------------------------------------- preprocess / augment
 
+def test_default_normalization_lands_on_the_int8_grid():
+    # pixel p -> (p - 128) * 2/255: the converter's int8 input (scale 2/255, zero point 0) holds it exactly
+    x = np.arange(256, dtype=np.uint8).reshape(1, 16, 16, 1)
+    out = preprocess(x, Preprocess(resolution=16, channels=1)).flatten().double().numpy()
+    q = out / (2 / 255)
+    assert np.abs(q - (np.arange(256) - 128)).max() < 1e-4
+
+
 def test_preprocess_pads_28_to_32_centred_with_exact_values():
     x = np.zeros((2, 28, 28, 1), np.uint8)
     x[0, 0, 0, 0], x[0, 27, 13, 0], x[1, 5, 7, 0] = 255, 51, 102
-    out = preprocess(x, Preprocess(resolution=32, channels=1))
+    out = preprocess(x, Preprocess(resolution=32, channels=1, mean=0.5, std=0.5))
     assert out.shape == (2, 1, 32, 32) and out.dtype == torch.float32
     assert out[0, 0, 2, 2].item() == 1.0  # (255/255 - 0.5) / 0.5, moved by the 2-px border
     assert out[0, 0, 29, 15].item() == pytest.approx((51 / 255 - 0.5) / 0.5, abs=1e-6)

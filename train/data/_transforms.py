@@ -21,7 +21,8 @@ class Preprocess:
 
     resolution: int  # model input side, px (square)
     channels: int  # 1 or 3: model input channels
-    mean: float = 0.5  # subtracted after scaling pixels to [0, 1]
+    mean: float = 128 / 255  # subtracted after scaling pixels to [0, 1]; 128/255 (not 0.5) puts pixel p at
+                             # (p - 128) * 2/255, exactly the int8 grid q = p - 128, so int8 input is lossless
     std: float = 0.5  # then divided by
 
     def __post_init__(self):
