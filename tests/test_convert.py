@@ -290,5 +290,7 @@ def test_mse_range_clips_tails_only():
 
 def test_bundle_input_and_ranges(bundle):
     m = load_bundle(bundle).manifest
-    assert abs(m["input"]["scale"] - 1 / 127) < 1e-9 and m["source"]["activation_ranges"] == "mse"
+    # the default normalization (mean 128/255, std 0.5) puts pixel p at (p - 128) * 2/255: an exact int8 grid
+    assert abs(m["input"]["scale"] - 2 / 255) < 1e-9 and m["input"]["zero_point"] == 0
+    assert m["source"]["activation_ranges"] == "mse"
     assert "MSE-optimal" in (bundle / "report.md").read_text()
