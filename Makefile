@@ -8,7 +8,7 @@ PRESET  ?= default
 FMNIST  := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 STAMP   := $(VENV)/.installed
 
-.PHONY: setup data test train adapt convert demo bench clean help
+.PHONY: setup data sshd test train adapt convert demo bench flash clean help
 
 help:
 	@echo "make demo   set up, then run the whole pipeline on the bundled data"
@@ -17,6 +17,7 @@ help:
 	@echo "make adapt  all six adaptation methods on Animal-MNIST -> results/adapt.md"
 	@echo "make convert  the adapted TinyTL-L+B checkpoint -> an int8 bundle in $(RUNS)/bundle"
 	@echo "make bench  measurements (tables in bench/results/)"
+	@echo "make flash HOST=user@board [BUNDLE=$(RUNS)/bundle] [PROFILE=pi4] [SERVICE=1]   deploy to a Pi / Jetson"
 
 setup: $(STAMP) data
 
@@ -39,7 +40,14 @@ $(FMNIST):
 	  echo "Fashion-MNIST is missing: run 'sudo apt-get install dataset-fashion-mnist' and retry."; exit 1; \
 	fi
 
-test: setup
+# The flash tests start a real OpenSSH server on 127.0.0.1 (they skip, saying why, where it cannot be installed).
+sshd:
+	@if ! [ -x /usr/sbin/sshd ] && [ "$$(id -u)" = 0 ]; then \
+	  echo "== installing Debian package openssh-server (for the flash tests)"; \
+	  apt-get install -y -q openssh-server >/dev/null || (apt-get update -q >/dev/null && apt-get install -y -q openssh-server >/dev/null); \
+	fi
+
+test: setup sshd
 	@# pytest exits 5 when it collects nothing: that is not a failure of the code under test.
 	$(BIN)/python -m pytest -q --durations=10 tests; rc=$$?; [ $$rc -eq 5 ] && rc=0; exit $$rc
 
@@ -61,6 +69,14 @@ demo: convert
 
 bench: setup
 	$(BIN)/python -m bench
+
+HOST    ?=
+BUNDLE  ?= $(RUNS)/bundle
+PROFILE ?= pi-zero-2w
+SERVICE ?=
+flash: $(STAMP)
+	@test -n "$(HOST)" || { echo "usage: make flash HOST=user@board [BUNDLE=$(RUNS)/bundle] [PROFILE=pi4] [SERVICE=1]"; exit 2; }
+	$(BIN)/python -m flash --host '$(HOST)' --bundle '$(BUNDLE)' --profile '$(PROFILE)' $(if $(SERVICE),--service)
 
 clean:
 	rm -rf $(VENV) $(RUNS) bench/results

@@ -40,6 +40,31 @@ class Engine:
                 if i >= 0 and self.tensors[i].data is None:
                     self._last_use[i] = k
         self._names = {t.name: t.index for t in self.tensors}
+        self._cfg = cfg
+        self._readers: dict[int, list[int]] = {}  # constant tensor -> steps whose kernel baked it in
+        for k, (op, _) in enumerate(self._steps):
+            for i in op.inputs:
+                if i >= 0 and self.tensors[i].data is not None:
+                    self._readers.setdefault(i, []).append(k)
+
+    def set_constants(self, values: dict[int, tuple[np.ndarray, np.ndarray | None]]) -> None:
+        """Replace constant tensors (index -> (data, new per-channel scales or None)) and re-prepare the
+        kernels that read them: how the trainer patches its current trainable parameters in."""
+        import dataclasses
+        steps = set()
+        for i, (data, scale) in values.items():
+            t = self.tensors[i]
+            if t.data is None or data.shape != t.data.shape or data.dtype != t.data.dtype:
+                raise ValueError(f"tensor #{i} '{t.name}': cannot replace {t.data.dtype if t.data is not None else None}"
+                                 f"{t.shape} constant by {data.dtype}{data.shape}")
+            t.data = data
+            if scale is not None:
+                t.quant = dataclasses.replace(t.quant, scale=np.asarray(scale, np.float32),
+                                              zero_point=np.zeros(len(scale), np.int64))
+            steps.update(self._readers.get(i, ()))
+        for k in steps:
+            op = self._steps[k][0]
+            self._steps[k] = (op, KERNELS[op.name](op, self.tensors, self._cfg))
 
     @property
     def ops(self):
@@ -106,11 +131,14 @@ class Engine:
             env[i] = x
         return env
 
-    def run(self, *inputs, intermediates: bool = False):
+    def run(self, *inputs, intermediates: bool = False, views: dict | None = None, hook=None):
         """Run the graph. inputs: one array per model input (or a dict name/index -> array).
 
         Returns the output array (a dict name -> array when the model has several outputs); with
         intermediates=True, (outputs, {tensor index: array}) holding the inputs and every op's output.
+        views: tensor index -> preallocated array (an arena view); each op's result is written there and
+        read back from there. hook(step, tensor index, array) runs after each op (the trainer saves
+        what backward needs before a later op may reuse the bytes).
         """
         if len(inputs) == 1 and isinstance(inputs[0], dict):
             inputs = inputs[0]
@@ -119,7 +147,15 @@ class Engine:
         for k, (op, kernel) in enumerate(self._steps):
             args = [None if i < 0 else (env[i] if self.tensors[i].data is None else self.tensors[i].data)
                     for i in op.inputs]
-            env[op.outputs[0]] = kernel(*args)
+            y = kernel(*args)
+            o = op.outputs[0]
+            if views is not None and o in views:
+                v = views[o]
+                v[...] = y.reshape(v.shape)
+                y = v
+            env[o] = y
+            if hook is not None:
+                hook(k, o, y)
             if not intermediates:
                 for i in op.inputs:
                     if self._last_use.get(i) == k and i not in outs:

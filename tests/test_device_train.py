@@ -1,0 +1,104 @@
+"""On-device learning: it learns, the arena is really used, NaN steps are skipped and rolled back."""
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from device import load_bundle
+from device import checkpoint as ck
+from device.data import to_model_input
+from device.loop import LoopConfig, accuracy, train
+from device.memplan import Arena
+from device.optim import OptimConfig
+from device.planner import plan_naive
+from device.trainer import Trainer
+from device_helpers import animal_npz, new_task_bundle
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory):
+    return load_bundle(new_task_bundle(tmp_path_factory, "tinytl-lb"))
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    tr, te = np.load(animal_npz(tmp_path_factory, "train")), np.load(animal_npz(tmp_path_factory, "test", 600))
+    return (tr["x"], tr["y"]), (te["x"], te["y"])
+
+
+def test_learns_new_task_well_above_chance(bundle, data):
+    steps = 400
+    r = train(bundle, OptimConfig("adam", lr=1e-3, total_steps=steps), LoopConfig(steps=steps, log_every=0),
+              data=data[0], eval_data=data[1], log=lambda s: None)
+    print(f"{steps} batch-1 steps: test accuracy {r['eval_acc']:.3f} (chance 0.1), {r['ms_per_step']:.1f} ms/step")
+    assert r["skipped"] == 0 and r["eval_acc"] >= 0.3
+
+
+def test_plan_checked_and_greedy_beats_naive(bundle):
+    greedy = Trainer(bundle, OptimConfig("adam"))
+    naive = Trainer(bundle, OptimConfig("adam"), planner=plan_naive)
+    assert greedy.plan.peak["sram"] <= naive.plan.peak["sram"]
+    kinds = {b.kind for b in greedy.plan.buffers}
+    assert {"activation", "saved", "mask", "grad", "optimizer", "param", "scratch"} <= kinds
+    masks = [b for b in greedy.plan.buffers if b.kind == "mask"]
+    assert all(b.size == -(-int(np.prod(greedy.graph.tensors[b.name[5:]].shape)) // 8) for b in masks)  # 1 bit each
+
+
+def _one_step(tr: Trainer, x, y) -> dict:
+    tr.step(x, y)
+    return {n: v.copy() for n, v in tr.params.items()}
+
+
+def test_corrupting_one_planned_offset_changes_results(bundle, data):
+    (x, y), _ = data
+    xq = to_model_input(x[:1], bundle.manifest)
+    good = _one_step(Trainer(bundle, OptimConfig("sgd", lr=0.1)), xq, int(y[0]))
+    again = _one_step(Trainer(bundle, OptimConfig("sgd", lr=0.1)), xq, int(y[0]))
+    assert all(np.array_equal(good[n], again[n]) for n in good)  # deterministic, so a difference means corruption
+    tr = Trainer(bundle, OptimConfig("sgd", lr=0.1))
+    plan = tr.plan
+    # move one saved tensor (a lite branch's GroupNorm input) onto an activation gradient live at the same time
+    saved = next(b for b in plan.buffers if b.kind == "saved" and ".lite.conv2" in b.name)
+    victim = next(b for b in plan.buffers if b.kind == "grad" and b.name.startswith("grad:") and b.size >= saved.size
+                  and b.first <= saved.last and saved.first <= b.last and b.first < saved.last)
+    offsets = dict(plan.offsets) | {saved.name: plan.offsets[victim.name]}
+    bad_plan = dataclasses.replace(plan, offsets=offsets)
+    with pytest.raises(AssertionError, match="overlap"):
+        Arena(bad_plan, tr.specs)  # the checker refuses it...
+    params = {n: v.copy() for n, v in tr.params.items()}
+    tr.arena = Arena(bad_plan, tr.specs, verify=False)  # ...and if it ran anyway, results would be wrong
+    for n, v in params.items():
+        tr.arena[f"param:{n}"][...] = v
+    for n in tr.names:
+        for k in range(1):
+            tr.arena[f"opt{k}:{n}"][...] = 0
+    tr._hook = None
+    corrupted = _one_step(tr, xq, int(y[0]))
+    assert any(not np.array_equal(good[n], corrupted[n]) for n in good)
+
+
+def test_nan_steps_are_skipped_then_rolled_back(bundle, data, tmp_path):
+    (x, y), _ = data
+    opt = OptimConfig("adam", lr=1e-3, total_steps=40)
+    tr = Trainer(bundle, opt)
+    real = tr.backward
+    poisoned = set(range(23, 27))  # 4 consecutive bad steps: 3 skips trigger a rollback, then one more skip
+
+    def backward(dlogits):
+        real(dlogits)
+        if calls[0] in poisoned:
+            tr.arena[f"pgrad:{tr.names[0]}"][0] = np.nan
+        calls[0] += 1
+    calls = [0]
+    tr.backward = backward
+    logs = []
+    log = logs.append
+    cfg = LoopConfig(steps=40, checkpoint_dir=str(tmp_path), checkpoint_every=10, max_bad=3, log_every=0)
+    r = train(bundle, opt, cfg, data=(x[:100], y[:100]), log=log, trainer=tr)
+    assert r["skipped"] == 4 and r["rollbacks"] == 1
+    assert any("rolled back to the last good checkpoint ckpt-000000020.npz" in s for s in logs), logs
+    assert all(np.isfinite(v).all() for v in tr.params.values())
+    _, state, meta = ck.latest(tmp_path)
+    assert meta["step"] == 40 and all(np.array_equal(state[f"param/{n}"], tr.params[n]) for n in tr.names)
