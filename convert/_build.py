@@ -119,8 +119,20 @@ def _lite(b: _Builder, x: str, lite: nn.Module, out_shape: tuple, path: str) -> 
     return y
 
 
-def build_graph(model: MobileNet, resolution: int) -> tuple[Graph, dict[str, np.ndarray]]:
-    """Graph + params of the eval-mode model at batch 1. Lite-branch ops carry names under '.lite.'."""
+def _silent(lite: nn.Module, path: str, trainable: set[str] | None) -> bool:
+    """A frozen lite branch whose last GroupNorm has zero scale and shift adds exactly zero: leave it out
+    (TFLite's converter would fold its constants away, and nothing on the device could learn it)."""
+    if trainable is None or any(n.startswith(f"{path}.") for n in trainable):
+        return False
+    return not (lite.norm2.weight.detach().any() or lite.norm2.bias.detach().any())
+
+
+def build_graph(model: MobileNet, resolution: int, trainable: set[str] | None = None) -> tuple[Graph, dict[str, np.ndarray]]:
+    """Graph + params of the eval-mode model at batch 1. Lite-branch ops carry names under '.lite.'.
+
+    trainable: the PyTorch names of the parameters that learn on the device; when given, frozen
+    zero-output lite branches are dropped.
+    """
     model = model.eval()
     b = _Builder()
     x = b.act("input", (1, resolution, resolution, model.spec.in_channels))
@@ -134,7 +146,7 @@ def build_graph(model: MobileNet, resolution: int) -> tuple[Graph, dict[str, np.
             y = _conv_bn(b, y, block.expand, f"{path}.expand")
         y = _conv_bn(b, y, block.depthwise, f"{path}.depthwise")
         y = _conv_bn(b, y, block.project, f"{path}.project")
-        if block.lite is not None:
+        if block.lite is not None and not _silent(block.lite, f"{path}.lite", trainable):
             lite = _lite(b, inp, block.lite, b.shape(y), f"{path}.lite")
             y = b.op("add", [y, lite], f"{path}.add_lite", b.shape(y), path)
         if block.use_shortcut:

@@ -132,7 +132,7 @@ def convert(cfg: ConvertConfig, *, log=print) -> dict[str, Any]:
     t0 = time.time()
     model, meta = load_model(cfg)
     ds, prep = load_data(cfg, meta)
-    g, params = build_graph(model, prep.resolution)
+    g, params = build_graph(model, prep.resolution, trainable=set(meta["trainable"]))
     g = mark_trainable(g, meta["trainable"])
     rng = np.random.default_rng(cfg.seed)
     calib = nhwc(ds.train.x[np.sort(rng.choice(len(ds.train), cfg.calibration_samples, replace=False))], prep)

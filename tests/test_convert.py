@@ -210,6 +210,17 @@ def test_new_task_bundle_from_pretrained(tmp_path, digits):
     b = load_bundle(tmp_path / "b")
     assert b.labels == ["a", "b", "c"] and b.trainable["classifier.weight"].shape == (3, 160)
     assert not b.trainable["blocks.1.lite.norm2.weight"].any()  # zero start: the branch is a no-op
+    # tinytl-b on the same checkpoint: the frozen zero-start branches add nothing and are left out,
+    # and the device trainer can build its step over what remains
+    from device.optim import OptimConfig
+    from device.trainer import Trainer
+    convert(ConvertConfig(checkpoint=str(tmp_path / "pre.pt"), out=str(tmp_path / "bb"), method="tinytl-b", classes=3,
+                          labels=("a", "b", "c"), calibration_samples=32, eval_samples=16), log=lambda *_: None)
+    bb = load_bundle(tmp_path / "bb")
+    assert not any(".lite." in n for n in bb.trainable)
+    tr = Trainer(bb, OptimConfig("sgd", lr=0.01, total_steps=2, schedule="constant"))
+    loss, updated = tr.step(_x(digits, 32, 1, 1)[0].astype(np.float32), 1)
+    assert np.isfinite(loss) and updated
 
 
 # ---- merge: device-learned parameters back into a stock int8 .tflite ------------------------------
