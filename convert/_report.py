@@ -41,16 +41,6 @@ def evaluate(model, tfl: bytes, ds, prep, meta: dict, limit: int | None) -> dict
 RANGES = {"mse": "MSE-optimal clipping per activation (histograms of the float run on the calibration images)",
           "minmax": "calibrated min/max"}
 
-# Measured once (convert/_tflite.py docstring): why the defaults are what they are
-NUMERICS_NOTE = [
-    "## Where int8 error comes from (measured, mcunet-tiny TinyTL-L+B, Animal-MNIST test split, 2002 images)", "",
-    "| int8 setting | top-1 agreement | RMS logit error / spread |", "|---|---|---|",
-    "| calibrated min/max, input scale 2/255 zero point -1 (background -1 not representable) | 0.9805 | 0.072 |",
-    "| + input grid: scale 1/127 (-1, 0 and 1 exact, the rest within half a step) | 0.9830 | 0.058 |",
-    "| + MSE-optimal activation ranges (200 calibration images, seeds 0/1/2) | 0.990 / 0.992 / 0.989 | 0.029 / 0.024 / 0.027 |",
-    "| for scale: float model on the old int8 input grid only | 0.9860 | 0.046 |",
-    "| for scale: int8 weights only (activations float) | 0.995 | 0.020 |", ""]
-
 
 def _input_err(manifest: dict) -> float:
     """Max |dequantized - preprocessed| over the 256 pixel values, in input steps."""
@@ -84,9 +74,7 @@ def write_report(path: Path, manifest: dict, ev: dict, ops: Counter, seconds: fl
         lines += ["| accuracy | n/a (fresh head for a new task) |"]
     lines += [f"| max logit error / max float logit | {ev['logit_max_err']:.4g} / {ev['logit_range']:.4g} |",
               f"| RMS logit error / RMS logit spread | {ev['logit_rel_rms']:.4f} |", ""]
-    lines += NUMERICS_NOTE
-    lines += [
-              "## Op counts (inference.tflite)", "", "| op | count |", "|---|---|"]
+    lines += ["## Op counts (inference.tflite)", "", "| op | count |", "|---|---|"]
     lines += [f"| {k} | {v} |" for k, v in sorted(ops.items(), key=lambda kv: (-kv[1], kv[0]))]
     lines += ["", "## Files", "", "| file | bytes | sha256 |", "|---|---|---|"]
     lines += [f"| {k} | {v['bytes']:,} | `{v['sha256'][:16]}...` |" for k, v in files.items()]
