@@ -51,6 +51,7 @@ def sweep(checkpoint: Path, data: str, out: Path, *, runs: list[Run], epochs: in
                           epochs=epochs, seed=seed, limit=limit, augment_flip=flip, threads=1 if jobs > 1 else None)
         if not _finished(out / run.name / "model.json", cfg, source):
             todo.append((run, cfg))
+    todo.sort(key=lambda rc: rc[0].batch_size)  # batch-1 runs take longest: start them first so the jobs finish together
     if jobs > 1 and len(todo) > 1:
         with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
             futures = {pool.submit(_run_one, cfg, out / run.name, False): run for run, cfg in todo}
