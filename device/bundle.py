@@ -43,7 +43,8 @@ class Bundle:
         return list(self.manifest["labels"])
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
+    """SHA-256 of a file, read in 1 MiB chunks (bundles hold files of any size)."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -77,7 +78,7 @@ def load_bundle(path: str | Path) -> Bundle:
         f = path / name
         if not f.is_file():
             raise BundleError(f"{f}: listed in the manifest but missing")
-        if f.stat().st_size != info["bytes"] or _sha256(f) != info["sha256"]:
+        if f.stat().st_size != info["bytes"] or file_sha256(f) != info["sha256"]:
             raise BundleError(f"{f}: SHA-256 mismatch (the file was edited or truncated; re-copy the bundle)")
     spec = _json(path / "trainable.json")
     try:

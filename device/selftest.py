@@ -18,7 +18,6 @@ Output lines are "ok <check>: ..." or "FAIL <check>: ..."; the host repeats the 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import sys
 from pathlib import Path
@@ -31,14 +30,6 @@ class SelfTestError(Exception):
     def __init__(self, check: str, message: str):
         super().__init__(message)
         self.check = check
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def check_python(slot: Path) -> str:
@@ -56,6 +47,7 @@ def check_python(slot: Path) -> str:
 
 
 def check_files(slot: Path) -> str:
+    from device.bundle import file_sha256  # after check_python: `device` must come from the slot
     try:
         listed = json.loads((slot / SLOT_FILE).read_text())["files"]
     except (OSError, ValueError, KeyError) as e:
@@ -65,7 +57,7 @@ def check_files(slot: Path) -> str:
         f = slot / name
         if not f.is_file():
             raise SelfTestError("files", f"{name}: missing (the copy was interrupted?)")
-        if f.stat().st_size != info["bytes"] or _sha256(f) != info["sha256"]:
+        if f.stat().st_size != info["bytes"] or file_sha256(f) != info["sha256"]:
             raise SelfTestError("files", f"{name}: SHA-256 mismatch with the host's (damaged in transit or edited)")
         total += info["bytes"]
     return f"{len(listed)} files, {total:,} bytes, SHA-256 as on the host"

@@ -19,6 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
+from device.bundle import file_sha256
+
 from ._ssh import FlashError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -41,14 +43,6 @@ def load_profile(name_or_path: str) -> dict:
         raise FlashError(f"{p}: profile keys must be {sorted(keys)} (name and budget_mb required), got {sorted(d)}")
     return {"name": d["name"], "description": d.get("description", ""), "region": "dram", "optimizer": "adam",
             "budget_bytes": int(float(d["budget_mb"]) * 2**20)}
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def bundle_hash(bundle_dir: Path) -> str:
@@ -97,7 +91,7 @@ def stage_slot(bundle: str | Path, profile: dict, out: str | Path) -> dict:
 def seal(slot: Path, extra: dict | None = None) -> dict:
     """(Re)write slot.json with the SHA-256 and size of every file in the slot."""
     old = json.loads((slot / "slot.json").read_text()) if (slot / "slot.json").exists() else {}
-    files = {p.relative_to(slot).as_posix(): {"sha256": _sha256(p), "bytes": p.stat().st_size}
+    files = {p.relative_to(slot).as_posix(): {"sha256": file_sha256(p), "bytes": p.stat().st_size}
              for p in sorted(slot.rglob("*")) if p.is_file() and p.name != "slot.json"}
     meta = {k: v for k, v in old.items() if k != "files"} | (extra or {}) | {"files": files}
     (slot / "slot.json").write_text(json.dumps(meta, indent=1) + "\n")
