@@ -5,12 +5,12 @@ device-learned parameters back into a stock int8 .tflite.
     convert(ConvertConfig(checkpoint="runs/adapt/model.pt", out="bundle"))
     merge("bundle", "trained.npz", "adapted.tflite")
 """
-__all__ = ["ConvertConfig", "DEVICE_METHODS", "convert", "merge"]
+__all__ = ["ConvertConfig", "DEVICE_METHODS", "convert", "last_blocks", "merge"]
 
 
 def __getattr__(name: str):
     """Lazy: `python -m convert --help` must not wait for TensorFlow to load."""
-    if name in ("ConvertConfig", "DEVICE_METHODS", "convert"):
+    if name in ("ConvertConfig", "DEVICE_METHODS", "convert", "last_blocks"):
         from . import _bundle
         return getattr(_bundle, name)
     if name == "merge":

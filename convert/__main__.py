@@ -30,6 +30,9 @@ def _convert_parser() -> argparse.ArgumentParser:
     p.add_argument("--ranges", choices=("mse", "minmax"), default="mse",
                    help="int8 activation ranges: MSE-optimal clipping from the calibration images (default), or their raw min/max")
     p.add_argument("--eval-samples", type=int, help="evaluate at most this many test images (default: all)")
+    p.add_argument("--trainable-blocks", metavar="last:K",
+                   help="partial update: only the last K units (stem, blocks, head) keep their trainable biases/lite branches, plus the classifier")
+    p.add_argument("--resolution", type=int, help="input side in px (default: the checkpoint's)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--force", action="store_true", help="replace OUT if it exists")
     return p
@@ -47,6 +50,16 @@ def _merge_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _last_k(v: str | None) -> int | None:
+    from train.errors import UserError
+    if v is None:
+        return None
+    kind, _, k = v.partition(":")
+    if kind != "last" or not k.isdigit():
+        raise UserError(f"--trainable-blocks {v!r}: expected last:K, e.g. last:7")
+    return int(k)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     from device.bundle import BundleError
@@ -62,7 +75,8 @@ def main(argv: list[str] | None = None) -> int:
         from ._bundle import ConvertConfig, convert
         cfg = ConvertConfig(checkpoint=str(a.checkpoint), out=str(a.out), calibration_samples=a.calibration_samples, data=a.data,
                             method=a.method, classes=a.classes, labels=tuple(a.labels.split(",")) if a.labels else None,
-                            float_lite=not a.int8_lite, ranges=a.ranges, eval_samples=a.eval_samples, seed=a.seed, force=a.force)
+                            float_lite=not a.int8_lite, ranges=a.ranges, eval_samples=a.eval_samples, seed=a.seed, force=a.force,
+                            trainable_blocks=_last_k(a.trainable_blocks), resolution=a.resolution)
         if cfg.calibration_samples < 1:
             raise UserError("--calibration-samples must be at least 1")
         r = convert(cfg)

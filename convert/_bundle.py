@@ -6,7 +6,6 @@ vs float on the test split -> write everything into a temp dir beside OUT, hash,
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 import tempfile
@@ -18,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from device.bundle import BUNDLE_FORMAT, BUNDLE_VERSION, MANIFEST
+from device.bundle import BUNDLE_FORMAT, BUNDLE_VERSION, MANIFEST, file_sha256
 from train.checkpoint import load_checkpoint
 from train.errors import UserError
 from . import _tflite
@@ -42,6 +41,9 @@ class ConvertConfig:
     eval_samples: int | None = None      # cap on test images evaluated (None: the whole test split)
     seed: int = 0                        # calibration sample choice, fresh head init
     force: bool = False                  # replace an existing OUT
+    trainable_blocks: int | None = None  # partial update: only the last k units (stem, blocks.i, head) keep their
+                                         # trainables, plus the classifier (MCUNetV3's sparse update); None: all
+    resolution: int | None = None        # input side, px, overriding the checkpoint's (memory/latency what-ifs)
 
 
 def _checkpoint_json(path: Path) -> dict[str, Any]:
@@ -73,7 +75,27 @@ def load_model(cfg: ConvertConfig):
             raise UserError(f"{cfg.checkpoint}: method '{meta['method']}' trains frozen conv weights, which the int8 "
                             f"graph cannot hold as trainable; bundles support {', '.join(DEVICE_METHODS)}")
         meta = meta | {"new_task": False}
+    if cfg.trainable_blocks is not None:
+        meta = meta | {"trainable": last_blocks(meta["trainable"], cfg.trainable_blocks), "trainable_blocks": cfg.trainable_blocks}
     return model.float().eval().to(memory_format=torch.contiguous_format), meta
+
+
+def unit_of(name: str) -> str:
+    """The unit a parameter belongs to: 'stem', 'blocks.<i>', 'head' or 'classifier' (PyTorch or graph names)."""
+    parts = name.split(".")
+    return ".".join(parts[:2]) if parts[0] == "blocks" else parts[0]
+
+
+def last_blocks(names: list[str], k: int) -> list[str]:
+    """The trainable names of the last k units in network order (stem, blocks.0 .. blocks.N-1, head), plus the
+    classifier's: `--trainable-blocks last:k`. Biases of late layers need no gradient through early, large maps."""
+    if k < 0:
+        raise UserError(f"--trainable-blocks last:{k}: k must be >= 0")
+    order = {"stem": -1, "head": 10**6}
+    units = sorted({unit_of(n) for n in names} - {"classifier"},
+                   key=lambda u: int(u.split(".")[1]) if u.startswith("blocks.") else order[u])
+    keep = set(units[len(units) - k:]) if k else set()
+    return [n for n in names if unit_of(n) in keep or unit_of(n) == "classifier"]
 
 
 def load_data(cfg: ConvertConfig, meta: dict[str, Any]):
@@ -83,7 +105,7 @@ def load_data(cfg: ConvertConfig, meta: dict[str, Any]):
     if not source:
         raise UserError(f"{cfg.checkpoint}: records no dataset; pass --data for calibration images")
     ds = load_dataset(source, seed=conf.get("seed", 0), val_fraction=conf.get("val_fraction", 0.1))
-    prep = Preprocess.from_dict(meta["preprocess"])
+    prep = Preprocess.from_dict(meta["preprocess"] | ({"resolution": cfg.resolution} if cfg.resolution else {}))
     if len(ds.train) < cfg.calibration_samples:
         raise UserError(f"calibration: asked for {cfg.calibration_samples} images, dataset '{ds.name}' has only "
                         f"{len(ds.train)} training images; lower --calibration-samples")
@@ -93,14 +115,6 @@ def load_data(cfg: ConvertConfig, meta: dict[str, Any]):
 def nhwc(x_uint8: np.ndarray, prep) -> np.ndarray:
     from train.data import preprocess
     return preprocess(x_uint8, prep).permute(0, 2, 3, 1).contiguous().numpy()
-
-
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def export_onnx(model: torch.nn.Module, resolution: int, path: Path) -> str:
@@ -166,7 +180,7 @@ def convert(cfg: ConvertConfig, *, log=print) -> dict[str, Any]:
 
 
 def _files(folder: Path) -> dict[str, dict]:
-    return {f.name: {"sha256": sha256(f), "bytes": f.stat().st_size} for f in sorted(folder.iterdir()) if f.name != MANIFEST}
+    return {f.name: {"sha256": file_sha256(f), "bytes": f.stat().st_size} for f in sorted(folder.iterdir()) if f.name != MANIFEST}
 
 
 def _manifest(cfg, model, meta, prep, tfl: bytes, spec: dict, tmp: Path) -> dict[str, Any]:
@@ -192,4 +206,4 @@ def _manifest(cfg, model, meta, prep, tfl: bytes, spec: dict, tmp: Path) -> dict
     }
 
 
-__all__ = ["ConvertConfig", "convert", "load_model", "export_onnx", "DEVICE_METHODS"]
+__all__ = ["ConvertConfig", "convert", "load_model", "export_onnx", "DEVICE_METHODS", "last_blocks", "unit_of"]

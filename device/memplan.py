@@ -41,11 +41,13 @@ def spec(name: str, dtype, shape, first: int, last: int, kind: str, layer: str =
 class Arena:
     """One np.uint8 array per region of the plan's peak size; view(name) is the buffer's typed window."""
 
-    def __init__(self, plan: Plan, specs: dict[str, Spec], *, verify: bool = True):
+    def __init__(self, plan: Plan, specs: dict[str, Spec], *, verify: bool = True, capacity: dict[str, int] | None = None):
+        """capacity: bytes per region (>= the plan's peak; default the peak), e.g. a target's whole budget."""
         if verify:  # tests turn it off to show that a wrong plan really corrupts results
             check(plan)
         self.plan, self.specs = plan, specs
-        self.memory = {r: np.zeros(max(peak, 1) + 64, np.uint8) for r, peak in plan.peak.items()}
+        size = {r: max(peak, (capacity or {}).get(r, peak)) for r, peak in plan.peak.items()}
+        self.memory = {r: np.zeros(max(n, 1) + 64, np.uint8) for r, n in size.items()}
         self.base = {r: (-m.ctypes.data) % 64 for r, m in self.memory.items()}  # 64-byte aligned start
         self.views = {n: self._view(s) for n, s in specs.items()}
 

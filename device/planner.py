@@ -260,7 +260,9 @@ def check_budget(plan: Plan, budgets: dict[str, int], max_listed: int = 12) -> N
             lines.append(f"    ... and {len(rest)} more, {sum(b.size for b in rest)} bytes")
         problems.append("\n".join(lines))
     if problems:
-        raise BudgetError("memory plan does not fit the target (1 KB = 1024 bytes):\n" + "\n".join(problems))
+        err = BudgetError("memory plan does not fit the target (1 KB = 1024 bytes):\n" + "\n".join(problems))
+        err.plan, err.budgets = plan, dict(budgets)  # for callers that explain or draw the refused plan
+        raise err
 
 
 def format_plan(plan: Plan, region: str = "sram", width: int = 64) -> str:

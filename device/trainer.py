@@ -122,10 +122,21 @@ class Trainer:
                 _, oh, ow, _ = g.tensors[op.outputs[0]].shape
                 if not (op.attrs["groups"] == cin == co or (kh == kw == 1 and op.attrs["stride"] == 1)):
                     add(spec(f"cols:{op.outputs[0]}", np.float32, (oh * ow * kh * kw * cin,), s, s, "scratch", op.name, self.region))
+        # in-place ReLU backward: dx = dy * mask overwrites dy when the ReLU is its input's only reader, so a
+        # conv output and its ReLU output share one gradient buffer (named after the ReLU output)
+        self.gbuf = {t: t for t in self.req}
+        for op in self.bwd:  # last op first: a ReLU output's buffer is settled before its input joins it
+            x = op.inputs[0]
+            if op.kind in ("relu", "relu6") and x in self.req and len(g.consumers(x)) == 1 and x not in g.outputs:
+                self.gbuf[x] = self.gbuf[op.outputs[0]]
+        spans: dict[str, tuple[int, int]] = {}
         for t in self.req:
             readers = [bstep[c.outputs[0]] for c in g.consumers(t) if c.outputs[0] in bstep]
-            first = min(readers) if readers else T
-            add(spec(f"grad:{t}", np.float32, g.tensors[t].shape, first, bstep[t], "grad", producer[t].name, self.region))
+            first, last = (min(readers) if readers else T), bstep[t]
+            old = spans.get(self.gbuf[t])
+            spans[self.gbuf[t]] = (min(first, old[0]), max(last, old[1])) if old else (first, last)
+        for r, (first, last) in spans.items():
+            add(spec(f"grad:{r}", np.float32, g.tensors[r].shape, first, last, "grad", producer[r].name, self.region))
         uses = {p: op for op in g.ops for p in op.inputs if p in self.slots}
         for n in self.names:
             shape = g.tensors[n].shape
@@ -219,12 +230,12 @@ class Trainer:
     def backward(self, dlogits: np.ndarray) -> None:
         g, a = self.graph, self.arena
         written = {self.head.outputs[0]}
-        a[f"grad:{self.head.outputs[0]}"][...] = dlogits
+        a[f"grad:{self.gbuf[self.head.outputs[0]]}"][...] = dlogits
 
         def emit(t: str, v: np.ndarray) -> None:
             if t not in self.req:
                 return
-            view = a[f"grad:{t}"]
+            view = a[f"grad:{self.gbuf[t]}"]
             if t in written:
                 view += v
             else:
@@ -236,7 +247,7 @@ class Trainer:
                 a[f"pgrad:{p}"][...] = v
 
         for op in self.bwd:
-            dy = a[f"grad:{op.outputs[0]}"]
+            dy = a[f"grad:{self.gbuf[op.outputs[0]]}"]
             x = op.inputs[0]
             shape = g.tensors[x].shape
             if op.kind == "conv2d":

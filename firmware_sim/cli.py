@@ -1,0 +1,135 @@
+"""`python -m firmware_sim run|fit|profiles`: the device runtime on the host as an MCU / Pi / Jetson."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+
+EXAMPLES = {
+    "run": "python -m firmware_sim run --bundle bundles/animal --profile mcu-256k --data animal_train.npz \\\n"
+           "      --eval-data animal_test.npz --steps 200 --out runs/sim/mcu-256k --power-loss-at random",
+    "fit": "python -m firmware_sim fit --checkpoint runs/pretrain/model.pt --profile mcu-256k --data animal-mnist",
+    "profiles": "python -m firmware_sim profiles",
+}
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m firmware_sim", formatter_class=argparse.RawDescriptionHelpFormatter,
+                                description="Run the device runtime on the host as a target (profile), under its memory budgets.",
+                                epilog="examples:\n  " + "\n  ".join(EXAMPLES.values()))
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    def cmd(name: str, help: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=help, description=help, epilog="example:\n  " + EXAMPLES[name],
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+    s = cmd("run", "Batch-1 on-device learning of a bundle inside the target's memory; refuses what does not fit.")
+    s.add_argument("--bundle", required=True, type=Path)
+    s.add_argument("--profile", required=True, help="built-in name (see 'profiles') or a .yaml path")
+    s.add_argument("--data", required=True, help="training data: .npz (x uint8 NHWC, y) or an image folder")
+    s.add_argument("--eval-data", help="held-out data for the accuracy curve (default: the first training samples)")
+    s.add_argument("--steps", type=int, default=200)
+    s.add_argument("--out", type=Path, default=Path("runs/sim"), help="report.md, PNGs and checkpoints go here")
+    s.add_argument("--optimizer", choices=("sgd", "adam"), default="sgd")
+    s.add_argument("--lr", type=float, default=1e-2)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--trainables", choices=("bundle", "ft-last", "tinytl-b", "tinytl-lb", "ft-full"), default="bundle",
+                   help="what learns (default: as the bundle says); ft-full is planned with the device's rules and refused if too big")
+    s.add_argument("--trainable-blocks", metavar="last:K", help="only the last K units' trainables (plus the classifier)")
+    s.add_argument("--checkpoint-every", type=int, default=50)
+    s.add_argument("--eval-every", type=int, default=50)
+    s.add_argument("--eval-limit", type=int, default=500)
+    s.add_argument("--power-loss-at", action="append", default=[], metavar="STEP[:PHASE]|random",
+                   help="cut the power (repeatable); phases: forward, backward, update, ckpt-write, ckpt-fsync, "
+                        "ckpt-rename, ckpt-cleanup")
+    s = cmd("fit", "Which configuration fits the target: planned peak per method and resolution, deepest partial update.")
+    s.add_argument("--checkpoint", required=True, type=Path)
+    s.add_argument("--profile", required=True)
+    s.add_argument("--data", help="calibration dataset (default: the checkpoint's)")
+    s.add_argument("--resolutions", help="comma-separated px (default: the checkpoint's, 3/4 and 1/2 of it)")
+    s.add_argument("--methods", default="ft-last,tinytl-b,tinytl-lb,ft-full")
+    s.add_argument("--optimizer", choices=("sgd", "adam"), default="sgd")
+    s.add_argument("--work", type=Path, help="keep the converted bundles here (default: a temp folder)")
+    cmd("profiles", "List the built-in device profiles.")
+    return p
+
+
+def _last_k(v: str | None) -> int | None:
+    if v is None:
+        return None
+    kind, _, k = v.partition(":")
+    if kind != "last" or not k.isdigit():
+        raise SystemExit(f"error: --trainable-blocks {v!r}: expected last:K")
+    return int(k)
+
+
+def cmd_run(a) -> None:
+    from device.bundle import load_bundle
+    from device.data import load_labelled
+    from . import faults, report
+    from .profiles import load_profile
+    from .run import SimConfig, SimRefused, simulate
+    profile = load_profile(a.profile)
+    bundle = load_bundle(a.bundle)
+    rng = np.random.default_rng(a.seed)
+    cuts = tuple(sorted((faults.parse_cut(c, a.steps, rng) for c in a.power_loss_at), key=lambda c: c.step))
+    cfg = SimConfig(steps=a.steps, seed=a.seed, optimizer=a.optimizer, lr=a.lr, trainables=a.trainables,
+                    last_k=_last_k(a.trainable_blocks), checkpoint_every=a.checkpoint_every, eval_every=a.eval_every,
+                    eval_limit=a.eval_limit, cuts=cuts)
+    data = load_labelled(a.data, bundle.labels)
+    ev = load_labelled(a.eval_data, bundle.labels) if a.eval_data else None
+    ckpt = a.out / "checkpoints"
+    if ckpt.exists() and any(ckpt.iterdir()):
+        raise SystemExit(f"error: {ckpt} holds checkpoints of an earlier run; use another --out")
+    try:
+        r = simulate(a.bundle, profile, cfg, data, ev, ckpt, log=lambda s: print(s, flush=True))
+    except SimRefused as e:
+        a.out.mkdir(parents=True, exist_ok=True)
+        if e.plan is not None:
+            report.memory_png(e.plan, profile.step_region, a.out / "refused_memory.png",
+                              title=f"{profile.name}: REFUSED plan")
+        (a.out / "refused.txt").write_text(str(e) + "\n")
+        raise
+    path = report.write_run_report(r, a.out)
+    print(f"{profile.name}: {r['region']} arena {r['plan'].peak[r['region']]:,} of {r['budget']:,} bytes, weights "
+          f"{r['weights_bytes']:,} bytes in {profile.weight_region}; {1e3 * r['step_seconds_est']:.1f} ms/step estimated; "
+          f"final accuracy {r['curve'][-1][1]:.4f}; {len(r['events'])} power loss(es) -> {path}")
+
+
+def cmd_fit(a) -> None:
+    from .fit import fit_table
+    from .profiles import load_profile
+    profile = load_profile(a.profile)
+    res = [int(x) for x in a.resolutions.split(",")] if a.resolutions else None
+    text = fit_table(a.checkpoint, profile, resolutions=res, methods=a.methods.split(","), optimizer=a.optimizer,
+                     data=a.data, work=a.work, log=lambda s: print(s, flush=True))
+    print(text)
+
+
+def cmd_profiles(a) -> None:
+    from .profiles import list_profiles, load_profile
+    for n in list_profiles():
+        p = load_profile(n)
+        mem = ", ".join(f"{r} {v / 1024:,.0f} KB (reserved {p.reserved[r] / 1024:,.0f})" for r, v in p.memory.items())
+        print(f"{n:<22} {p.kind:<6} {mem}; {p.clock_mhz:g} MHz, {p.int8_macs_per_s:.3g} MAC/s"
+              + (f", {p.power_mw:g} mW" if p.power_mw else ""))
+
+
+def main(argv: list[str] | None = None) -> int:
+    from device.bundle import BundleError
+    from device.checkpoint import CheckpointError
+    from device.data import DataError
+    from .profiles import ProfileError
+    from .run import SimRefused
+    from .target import FlashError
+    a = _parser().parse_args(argv)
+    try:
+        {"run": cmd_run, "fit": cmd_fit, "profiles": cmd_profiles}[a.cmd](a)
+        return 0
+    except SimRefused as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 3
+    except (ProfileError, FlashError, BundleError, CheckpointError, DataError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2

@@ -1,0 +1,240 @@
+"""`python -m firmware_sim run`: the device runtime's learning loop, run on the host as a given target.
+
+Steps:
+  1. load the profile and the bundle; optionally re-plan it with another trainable set (`method`, last:k);
+  2. plan the update step and check it against the profile BEFORE any step (refusal: SimRefused, with the
+     peak, the budget, the buffers live at the peak and what would fit, computed);
+  3. boot: the Trainer moves into an arena of exactly the budget (MCU; a board: plan + guard zone; bytes past
+     the plan's peak hold a canary),
+     frozen int8 weights into a read-only flash image (or DRAM);
+  4. train with device/loop.py (same engine, same data order, same checkpoints as `python -m device train`)
+     in segments between evaluations; a power cut (faults.py) loses the arena, the simulator reboots and the
+     loop resumes from the last good checkpoint;
+  5. after the run: flash unchanged, canary intact, every checkpoint readable.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from device import checkpoint as ck
+from device.bundle import Bundle, load_bundle
+from device.loop import LoopConfig, accuracy, train
+from device.data import load_labelled, to_model_input
+from device.optim import OptimConfig
+from device.planner import BudgetError, Plan
+
+from . import faults, target
+from .profiles import Profile
+
+CANARY = 0xA5  # fills the arena past the plan's peak: a byte changed there is a write outside the plan
+
+
+class SimRefused(RuntimeError):
+    """The update step does not fit the target; the message explains and suggests what would."""
+
+    def __init__(self, message: str, plan: Plan | None = None):
+        super().__init__(message)
+        self.plan = plan
+
+
+@dataclass(frozen=True)
+class SimConfig:
+    steps: int = 200                    # updates, batch 1
+    seed: int = 0                       # data order (as `python -m device train --seed`)
+    optimizer: str = "sgd"              # sgd (momentum) | adam: adam keeps two state arrays per parameter
+    lr: float = 1e-2                    # peak learning rate
+    schedule: str = "cosine"
+    trainables: str = "bundle"          # bundle | ft-last | tinytl-b | tinytl-lb | ft-full: what learns
+    last_k: int | None = None           # partial update: only the last k units' trainables (plus the classifier)
+    checkpoint_every: int = 50          # steps between checkpoints
+    eval_every: int = 50                # steps between accuracy points (each also a checkpoint)
+    eval_limit: int = 500               # held-out samples per accuracy point
+    cuts: tuple = field(default_factory=tuple)  # faults.Cut, in order
+
+    def optim(self) -> OptimConfig:
+        return OptimConfig(self.optimizer, lr=self.lr, schedule=self.schedule, total_steps=max(1, self.steps))
+
+
+def select(bundle: Bundle, cfg: SimConfig) -> Bundle:
+    """The bundle with the trainable set the config asks for."""
+    if cfg.trainables == "bundle" and cfg.last_k is None:
+        return bundle
+    names = list(bundle.trainable) if cfg.trainables == "bundle" else target.method_names(bundle, cfg.trainables)
+    if cfg.last_k is not None:
+        names = target.last_k(names, cfg.last_k)
+    return target.with_trainables(bundle, names)
+
+
+def _kb(n: int) -> str:
+    return f"{n / 1024:.1f} KB"
+
+
+def suggestions(bundle: Bundle, cfg: SimConfig, profile: Profile, weights: int) -> list[str]:
+    """What would fit, computed by planning candidates with the device's own rules (best first)."""
+    budgets = target.budgets_for(profile, weights)
+    region = profile.step_region
+    budget = budgets[region]
+    names = list(select(bundle, cfg).trainable)
+    out = []
+    cands = []
+    other = "sgd" if cfg.optimizer == "adam" else None
+    if other:
+        cands.append((f"the same trainables with --optimizer sgd (one state array, not two)", names, other))
+    for method in ("tinytl-b", "ft-last"):
+        if cfg.trainables not in (method,) and set(target.method_names(bundle, method)) != set(names):
+            if method != "tinytl-b" or cfg.trainables == "ft-full":
+                cands.append((f"--trainables {method}", target.method_names(bundle, method), cfg.optimizer))
+    for text, ns, opt in cands:
+        peak = target.plan_for(bundle, ns, OptimConfig(opt), region).peak[region]
+        out.append((peak <= budget, peak, f"{text}: {'fits' if peak <= budget else 'needs'} {_kb(peak)}"))
+    depth = deepest_partial(bundle, names, OptimConfig(cfg.optimizer), region, budget)
+    if depth:
+        k, peak, n_bias = depth
+        out.append((True, peak, f"--trainable-blocks last:{k} (the same trainables in the last {k} units only: "
+                                f"{n_bias} conv bias layers, plus the classifier): fits in {_kb(peak)}"))
+    out.sort(key=lambda t: (not t[0], -t[1] if t[0] else t[1]))
+    lines = [s for _, _, s in out]
+    lines.append("a smaller resolution: see `python -m firmware_sim fit --checkpoint CKPT --profile "
+                 f"{profile.name}` (re-converts the model at a few resolutions)")
+    return lines
+
+
+def deepest_partial(bundle: Bundle, names: list[str], optim: OptimConfig, region: str, budget: int):
+    """(k, peak, bias layers) of the largest k whose last-k partial update fits `budget`, or None.
+    Binary search: the peak grows with k (each extra unit only adds buffers and extends backward)."""
+    n_units = len(target.units(names))
+    peak_of = {}
+
+    def peak(k: int) -> int:
+        if k not in peak_of:
+            peak_of[k] = target.plan_for(bundle, target.last_k(names, k), optim, region).peak[region]
+        return peak_of[k]
+    if peak(0) > budget:
+        return None
+    lo, hi = 0, n_units  # invariant: peak(lo) fits
+    if peak(hi) <= budget:
+        lo = hi
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if peak(mid) <= budget else (lo, mid)
+    ns = target.last_k(names, lo)
+    return lo, peak(lo), sum(1 for n in ns if n.endswith(".bias") and ".lite." not in n and not n.startswith("classifier"))
+
+
+def plan_or_refuse(bundle: Bundle, cfg: SimConfig, profile: Profile, weights: int) -> target.Trainer:
+    """Build the target's trainer, or raise SimRefused before any step."""
+    b = select(bundle, cfg)
+    try:
+        tr = target.build_trainer(b, profile, cfg.optim(), weights=weights)
+    except BudgetError as e:
+        what = {"ft-full": "FT-Full (every conv weight trains: it cannot be an int8 bundle, so this plan applies the "
+                           "device's buffer rules to the bundle's graph with all weights float32 and trainable)"}.get(
+            cfg.trainables, f"the {cfg.trainables if cfg.trainables != 'bundle' else bundle.manifest.get('method')} update"
+            + (f" of the last {cfg.last_k} units" if cfg.last_k is not None else ""))
+        msg = (f"refused on {profile.name}: {what} with {cfg.optimizer} does not fit, nothing was run.\n{e}\n"
+               f"what would fit on {profile.name} ({_kb(target.budgets_for(profile, weights)[profile.step_region])} "
+               f"for the step):\n" + "\n".join(f"  - {s}" for s in suggestions(bundle, cfg, profile, weights)))
+        raise SimRefused(msg, e.plan) from None
+    if target.plan_only(b):
+        raise SimRefused(f"{cfg.trainables} fits {profile.name} ({_kb(tr.plan.peak[profile.step_region])} for the step), but "
+                         f"{len(target.plan_only(b))} of its parameters (e.g. {target.plan_only(b)[0]}) have no trainable "
+                         f"place in the int8 bundle: it was planned, not run", tr.plan)
+    return tr
+
+
+def _canary(tr) -> None:
+    for r, mem in tr.arena.memory.items():
+        mem[tr.arena.base[r] + tr.plan.peak[r]:] = CANARY
+
+
+def _canary_ok(tr) -> bool:
+    return all(bool((mem[tr.arena.base[r] + tr.plan.peak[r]:] == CANARY).all()) for r, mem in tr.arena.memory.items())
+
+
+def boot(bundle: Bundle, cfg: SimConfig, profile: Profile):
+    """Power on: a fresh arena (SRAM content is gone) and the weights in flash."""
+    tr = plan_or_refuse(bundle, cfg, profile, _weights(bundle))
+    flash = target.place_weights(tr, profile)
+    _canary(tr)
+    return tr, flash
+
+
+def _weights(bundle: Bundle) -> int:
+    return target._const_bytes(bundle)  # noqa: SLF001
+
+
+def simulate(bundle_path: str | Path, profile: Profile, cfg: SimConfig, data: tuple, eval_data: tuple | None,
+             ckpt_dir: str | Path, log=print) -> dict:
+    """Run; returns the results dict the report is written from (see report.py)."""
+    bundle = load_bundle(bundle_path)
+    weights = _weights(bundle)
+    target.check_weights(bundle, weights, profile)
+    tr, flash = boot(bundle, cfg, profile)   # refuses here, before any step
+    macs = target.step_macs(tr)
+    ev = eval_data if eval_data is not None else (data[0][:cfg.eval_limit], data[1][:cfg.eval_limit])
+    ev = (ev[0][:cfg.eval_limit], ev[1][:cfg.eval_limit])
+    ev_q = (to_model_input(ev[0], bundle.manifest, "eval data"), ev[1])
+    curve = [(0, accuracy(tr, *ev_q), float("nan"))]
+    pending = list(cfg.cuts)
+    events, boots, t0, host_steps = [], 1, time.time(), 0
+    ckpt_dir = Path(ckpt_dir)
+    every = max(1, cfg.eval_every)
+    while True:
+        try:
+            with faults.inject(pending[0] if pending else None, tr):
+                while True:
+                    found = ck.latest(ckpt_dir, expect_hash=ck.bundle_hash(tr.bundle))
+                    at = int(found[2]["step"]) if found else 0
+                    if at >= cfg.steps:  # done (perhaps just before a cut): the device holds the final checkpoint
+                        if found:
+                            tr.load_state(found[1])
+                        break
+                    end = min(cfg.steps, (at // every + 1) * every)
+                    r = train(tr.bundle, tr.cfg, LoopConfig(steps=end, seed=cfg.seed, checkpoint_dir=str(ckpt_dir),
+                                                           checkpoint_every=cfg.checkpoint_every, log_every=0),
+                              data=data, trainer=tr, log=lambda s: None)
+                    host_steps += r["trained_steps"]
+                    if not curve or curve[-1][0] < end:
+                        curve.append((end, accuracy(tr, *ev_q), r["final_loss"]))
+                        log(f"step {end}/{cfg.steps}: accuracy {curve[-1][1]:.4f}, loss {r['final_loss']:.4f}")
+            break
+        except faults.PowerLoss as e:
+            flash.verify()
+            found = ck.latest(ckpt_dir, expect_hash=ck.bundle_hash(tr.bundle))
+            events.append({"cut": str(pending[0]), "message": str(e), "resumed_from": int(found[2]["step"]) if found else 0,
+                           "canary_ok": _canary_ok(tr)})
+            log(f"POWER LOSS: {e}; rebooting, resuming from the checkpoint of step {events[-1]['resumed_from']}")
+            pending.pop(0)
+            tr, flash = boot(bundle, cfg, profile)
+            boots += 1
+    flash.verify()
+    seconds = time.time() - t0
+    region = profile.step_region
+    step_s = macs["total"] / profile.int8_macs_per_s
+    readable = [p.name for p in sorted(ckpt_dir.glob("ckpt-*.npz")) if _readable(p)]
+    return {
+        "trainer": tr, "plan": tr.plan, "region": region, "budget": tr.budgets[region], "profile": profile,
+        "arena_bytes": len(tr.arena.memory[region]) - 64,
+        "bundle": str(bundle_path), "method": bundle.manifest.get("method"), "config": cfg, "curve": curve,
+        "weights_bytes": flash.size, "flash_sha256": flash.sha256, "macs": macs, "step_seconds_est": step_s,
+        "step_mj_est": step_s * profile.power_mw if profile.power_mw else None,
+        "host_ms_per_step": 1e3 * seconds / max(1, host_steps), "events": events, "boots": boots,
+        "canary_ok": _canary_ok(tr), "checkpoints": readable, "params": {n: v.copy() for n, v in tr.params.items()},
+        "eval_samples": len(ev[1]), "eval_source": "eval data" if eval_data is not None else "training data (no --eval-data)",
+    }
+
+
+def _readable(p: Path) -> bool:
+    try:
+        ck.read(p)
+        return True
+    except ck.CheckpointError:
+        return False
+
+
+def load_data(path: str | Path, labels: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    return load_labelled(path, labels)

@@ -1,0 +1,215 @@
+"""firmware_sim: profiles, refusal before the first step, flash is read-only, power loss, timeline, equality
+with the device runtime, fit. One small new-task bundle (random mcunet-tiny with realistic BN statistics,
+TinyTL-B, 16 px digits) is converted once; steps are few so the file stays well under two minutes."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from device.bundle import load_bundle
+from device.loop import LoopConfig, train
+from device.optim import OptimConfig
+from device.trainer import Trainer
+from firmware_sim import FlashError, ProfileError, SimConfig, SimRefused, load_profile, simulate
+from firmware_sim import faults, report, target
+from firmware_sim.fit import rewrite
+from firmware_sim.profiles import list_profiles
+
+STEPS = 4
+
+
+@pytest.fixture(scope="module")
+def digits():
+    from train.data import load_dataset
+    return load_dataset("digits", seed=0)
+
+
+@pytest.fixture(scope="module")
+def bundle_dir(tmp_path_factory, digits):
+    from convert import ConvertConfig, convert
+    from convert._bundle import nhwc
+    from train.checkpoint import save_checkpoint
+    from train.data import Preprocess
+    from train.models import build_model, load_spec
+    torch.manual_seed(0)
+    model = build_model(load_spec("mcunet-tiny", resolution=16, num_classes=10, in_channels=1))
+    x = torch.from_numpy(nhwc(digits.train.x[:128], Preprocess(16, 1))).permute(0, 3, 1, 2)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.reset_running_stats()
+            m.momentum = None
+    model.train()
+    with torch.no_grad():
+        model(x)
+    d = tmp_path_factory.mktemp("sim")
+    save_checkpoint(d / "model.pt", model.eval(), preprocess=Preprocess(16, 1).to_dict(), classes=list(digits.classes),
+                    meta={"stage": "pretrain", "config": {"data": "digits", "seed": 0}})
+    convert(ConvertConfig(checkpoint=str(d / "model.pt"), out=str(d / "bundle"), method="tinytl-b", classes=10,
+                          calibration_samples=32, eval_samples=16), log=lambda *_: None)
+    return d / "bundle"
+
+
+@pytest.fixture(scope="module")
+def data(digits):
+    return (digits.train.x[:64], digits.train.y[:64]), (digits.test.x[:32], digits.test.y[:32])
+
+
+def _cfg(**kw) -> SimConfig:
+    return SimConfig(**({"steps": STEPS, "lr": 0.05, "checkpoint_every": 2, "eval_every": STEPS, "eval_limit": 16} | kw))
+
+
+def _profile(tmp_path: Path, **fields) -> Path:
+    base = {"name": "tiny", "kind": "mcu", "sram_kb": 256, "flash_kb": 1024, "clock_mhz": 100, "int8_macs_per_s": 1e8}
+    text = "\n".join(f"{k}: {v}" for k, v in (base | fields).items() if v is not None)
+    p = tmp_path / "p.yaml"
+    p.write_text(text + "\n")
+    return p
+
+
+# ---- profiles -------------------------------------------------------------------------------------
+
+def test_builtin_profiles_load():
+    names = list_profiles()
+    assert {"mcu-256k", "stm32f746", "stm32h743", "rpi-zero2w", "rpi4-4g", "jetson-nano-4g", "jetson-orin-nano-8g"} <= set(names)
+    p = load_profile("mcu-256k")
+    assert p.budgets == {"sram": 256 * 1024, "flash": 1024 * 1024} and p.step_region == "sram"
+    assert load_profile("rpi-zero2w").budgets == {"dram": 256 * 2 ** 20}
+
+
+@pytest.mark.parametrize("fields,needle", [({"sram_kb": None}, "missing field.*sram_kb"),
+                                           ({"flash_kb": -1}, "'flash_kb' must be >= 0"),
+                                           ({"sram_mb": 3}, "unknown field.*sram_mb"),
+                                           ({"clock_mhz": "fast"}, "'clock_mhz' must be a number"),
+                                           ({"kind": "fpga"}, "'kind' must be one of")])
+def test_bad_profiles_name_file_and_field(tmp_path, fields, needle):
+    p = _profile(tmp_path, **fields)
+    with pytest.raises(ProfileError, match=needle) as e:
+        load_profile(p)
+    assert str(p) in str(e.value)
+
+
+def test_unknown_profile():
+    with pytest.raises(ProfileError, match="no such file.*mcu-256k"):
+        load_profile("no-such-board")
+
+
+# ---- refusal before the first step ---------------------------------------------------------------
+
+def test_over_budget_refused_before_any_step(tmp_path, bundle_dir, data, monkeypatch):
+    calls = []
+    monkeypatch.setattr(Trainer, "step", lambda *a, **k: calls.append(1))
+    small = load_profile(_profile(tmp_path, sram_kb=64))
+    with pytest.raises(SimRefused) as e:
+        simulate(bundle_dir, small, _cfg(), *data, tmp_path / "ck")
+    msg = str(e.value)
+    assert not calls and not (tmp_path / "ck").exists()
+    for needle in ("peak", "budget 65536 bytes", "live at step", "layer", "what would fit", "fits in"):
+        assert needle in msg, needle
+    # the suggestion is computed: the deepest last:k it names really plans within 64 KB
+    k = int(msg.split("--trainable-blocks last:")[1].split()[0])
+    b = load_bundle(bundle_dir)
+    peak = target.plan_for(b, target.last_k(list(b.trainable), k), OptimConfig("sgd")).peak["sram"]
+    assert peak <= 64 * 1024
+
+
+def test_ft_full_refused_tinytl_b_fits_mcu_256k(tmp_path, bundle_dir, data):
+    p = load_profile("mcu-256k")
+    with pytest.raises(SimRefused, match=r"FT-Full.*does not fit(.|\n)*over by(.|\n)*tinytl-b: fits"):
+        simulate(bundle_dir, p, _cfg(trainables="ft-full"), *data, tmp_path / "ck")
+    tr = target.build_trainer(load_bundle(bundle_dir), p, OptimConfig("sgd"))
+    assert tr.plan.peak["sram"] <= 256 * 1024
+
+
+def test_weights_that_do_not_fit_flash(tmp_path, bundle_dir, data):
+    with pytest.raises(FlashError, match="frozen weights take .* flash budget"):
+        simulate(bundle_dir, load_profile(_profile(tmp_path, flash_kb=16)), _cfg(), *data, tmp_path / "ck")
+
+
+# ---- flash ----------------------------------------------------------------------------------------
+
+def test_write_to_flash_is_caught(bundle_dir):
+    tr = target.build_trainer(load_bundle(bundle_dir), load_profile("mcu-256k"), OptimConfig("sgd"))
+    flash = target.place_weights(tr, load_profile("mcu-256k"))
+    w = next(t for t in tr.engine.tensors if t.data is not None and t.data.dtype == np.int8 and t.data.size > 100)
+    assert np.shares_memory(w.data, flash.image)
+    with pytest.raises(ValueError, match="read-only"):
+        w.data[0] = 1
+    with pytest.raises(ValueError, match="read-only"):
+        next(iter(tr.frozen.values()))[...] = 0
+    flash.verify()  # unchanged
+
+
+# ---- the run, equal to the device runtime ----------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def baseline(tmp_path_factory, bundle_dir, data):
+    r = simulate(bundle_dir, load_profile("mcu-256k"), _cfg(), *data, tmp_path_factory.mktemp("base") / "ck", log=lambda s: None)
+    return r
+
+
+def test_run_equals_device_runtime(bundle_dir, data, baseline):
+    b = load_bundle(bundle_dir)
+    tr = Trainer(b, _cfg().optim())
+    train(b, tr.cfg, LoopConfig(steps=STEPS, seed=0, log_every=0), data=data[0], trainer=tr, log=lambda s: None)
+    assert baseline["params"].keys() == tr.params.keys()
+    assert all(np.array_equal(baseline["params"][n], tr.params[n]) for n in tr.names)
+    assert any(not np.array_equal(baseline["params"][n], b.trainable[n]) for n in tr.names)  # it did learn
+    assert baseline["canary_ok"] and baseline["budget"] == 256 * 1024 and baseline["step_mj_est"] > 0
+
+
+def test_timeline_peak_equals_planner_peak(baseline, tmp_path):
+    plan = baseline["plan"]
+    t = report.timeline(plan, "sram")
+    assert t["peak"] == plan.peak["sram"]
+    assert max(t["live"]) <= t["peak"] and len(t["bars"]) == sum(1 for b in plan.buffers if b.size)
+    report.write_run_report(baseline, tmp_path)
+    assert (tmp_path / "memory.png").stat().st_size > 1000 and (tmp_path / "accuracy.png").exists()
+    assert "Flash image SHA-256 unchanged" in (tmp_path / "report.md").read_text()
+
+
+def test_power_loss_on_20_random_cut_points(tmp_path, bundle_dir, data, baseline):
+    rng = np.random.default_rng(1)
+    cuts = [faults.parse_cut("random", STEPS, rng) for _ in range(20)]
+    assert {c.phase for c in cuts} >= {"forward", "backward", "ckpt-write"}
+    profiles = list_profiles()
+    for i, cut in enumerate(cuts):
+        p = load_profile(profiles[i % len(profiles)])
+        r = simulate(bundle_dir, p, _cfg(cuts=(cut,)), *data, tmp_path / f"ck{i}", log=lambda s: None)
+        assert len(r["events"]) == 1 and r["events"][0]["resumed_from"] <= cut.step + 2, (cut, r["events"])
+        assert all(np.array_equal(r["params"][n], baseline["params"][n]) for n in r["params"]), cut
+        ckpts = sorted((tmp_path / f"ck{i}").glob("ckpt-*.npz"))
+        assert ckpts and [c.name for c in ckpts] == r["checkpoints"]  # every checkpoint file is readable
+
+
+# ---- fit and what-if rules --------------------------------------------------------------------------
+
+def test_partial_update_and_rules(bundle_dir):
+    from firmware_sim.run import deepest_partial
+    b = load_bundle(bundle_dir)
+    names = list(b.trainable)
+    o = OptimConfig("sgd")
+    peaks = [target.plan_for(b, target.last_k(names, k), o).peak["sram"] for k in range(len(target.units(names)) + 1)]
+    assert peaks[0] < peaks[-1] and peaks[-1] == target.plan_for(b, names, o).peak["sram"]
+    k, peak, _ = deepest_partial(b, names, o, "sram", (peaks[0] + peaks[-1]) // 2)
+    assert peak == peaks[k] and (k + 1 == len(peaks) or peaks[k + 1] > (peaks[0] + peaks[-1]) // 2)
+    from device.engine import Engine
+    plan = target.plan_for(b, names, o)
+    from device.planner import plan_greedy
+    prev = plan.peak["sram"]
+    for i in range(1, 6):
+        from firmware_sim.fit import RULES
+        now = plan_greedy(rewrite(plan.buffers, Engine(b.tflite_path), RULES[:i])).peak["sram"]
+        assert now <= prev + 64  # each rule only removes bytes (greedy may shift by alignment)
+        prev = now
+
+
+def test_convert_trainable_blocks():
+    from convert import last_blocks
+    names = ["stem.bn.bias", "blocks.0.a.bn.bias", "blocks.1.a.bn.bias", "blocks.1.lite.conv1.weight", "head.bn.bias",
+             "classifier.weight"]
+    assert last_blocks(names, 2) == ["blocks.1.a.bn.bias", "blocks.1.lite.conv1.weight", "head.bn.bias", "classifier.weight"]
+    assert last_blocks(names, 0) == ["classifier.weight"]
