@@ -17,7 +17,7 @@ help:
 	@echo "make adapt  all six adaptation methods on Animal-MNIST -> results/adapt.md"
 	@echo "make convert  the adapted TinyTL-L+B checkpoint -> an int8 bundle in $(RUNS)/bundle"
 	@echo "make bench  measurements (tables in bench/results/)"
-	@echo "make flash HOST=user@board [BUNDLE=$(RUNS)/bundle] [PROFILE=pi4] [SERVICE=1]   deploy to a Pi / Jetson"
+	@echo "make flash HOST=user@board [BUNDLE=$(RUNS)/bundle] [PROFILE=rpi4-4g] [SERVICE=1]   deploy to a Pi / Jetson"
 
 setup: $(STAMP) data
 
@@ -72,10 +72,10 @@ bench: setup
 
 HOST    ?=
 BUNDLE  ?= $(RUNS)/bundle
-PROFILE ?= pi-zero-2w
+PROFILE ?= rpi-zero2w
 SERVICE ?=
 flash: $(STAMP)
-	@test -n "$(HOST)" || { echo "usage: make flash HOST=user@board [BUNDLE=$(RUNS)/bundle] [PROFILE=pi4] [SERVICE=1]"; exit 2; }
+	@test -n "$(HOST)" || { echo "usage: make flash HOST=user@board [BUNDLE=$(RUNS)/bundle] [PROFILE=rpi4-4g] [SERVICE=1]"; exit 2; }
 	$(BIN)/python -m flash --host '$(HOST)' --bundle '$(BUNDLE)' --profile '$(PROFILE)' $(if $(SERVICE),--service)
 
 clean:

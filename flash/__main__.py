@@ -9,7 +9,7 @@ import sys
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see train/__main__.py
 
 EXAMPLES = """examples:
-  python -m flash --host pi@raspberrypi.local --bundle runs/bundle --profile pi4 --service
+  python -m flash --host pi@raspberrypi.local --bundle runs/bundle --profile rpi4-4g --service
   python -m flash --host pi@raspberrypi.local --bundle runs/bundle --dry-run
   python -m flash status --host pi@raspberrypi.local
   python -m flash rollback --host pi@raspberrypi.local
@@ -47,8 +47,8 @@ def _parser(cmd: str) -> argparse.ArgumentParser:
                                             "Subcommands: status, rollback (see 'python -m flash status --help').")
     _common(p)
     p.add_argument("--bundle", required=True, help="bundle directory (from 'python -m convert')")
-    p.add_argument("--profile", default="pi-zero-2w",
-                   help="board profile: pi-zero-2w | pi4 | pi5 | jetson-nano | jetson-orin-nano | a YAML path (default pi-zero-2w)")
+    p.add_argument("--profile", default="rpi-zero2w",
+                   help="board profile from firmware_sim/profiles: rpi-zero2w | rpi4-4g | jetson-nano-4g | jetson-orin-nano-8g | a YAML path (default rpi-zero2w)")
     p.add_argument("--python", default="python3", help="the board's Python that creates the venv (default python3)")
     p.add_argument("--board-python", help="run the slot with this board interpreter as is (no venv; needs numpy)")
     p.add_argument("--service", action="store_true", help="install the systemd unit that learns from ROOT/inbox")

@@ -32,7 +32,7 @@ class FlashConfig:
     identity: str | None = None              # ssh private key (-i)
     ssh_options: tuple[str, ...] = ()        # extra `ssh -o` options, e.g. UserKnownHostsFile=...
     root: str = "~/tinytl"                   # board directory holding slots/, current, venv/, checkpoints/
-    profile: str = "pi-zero-2w"              # board profile (flash/profiles/<name>.yaml or a path): memory budget
+    profile: str = "rpi-zero2w"              # board profile (firmware_sim/profiles/<name>.yaml or a path): memory budget
     python: str = "python3"                  # the board's Python, used to create the venv
     board_python: str | None = None          # use this board interpreter as is (no venv; it must have numpy)
     service: bool = False                    # install the systemd learning service

@@ -24,25 +24,20 @@ from device.bundle import file_sha256
 from ._ssh import FlashError
 
 ROOT = Path(__file__).resolve().parents[1]
-PROFILES = Path(__file__).resolve().parent / "profiles"
 SAMPLES = 4  # int8 inputs the board re-infers (a few, so the self-test takes a second)
 
 
 def load_profile(name_or_path: str) -> dict:
-    """A board profile (YAML): a name under flash/profiles/ or a path. Unknown keys are an error."""
-    import yaml
-    p = Path(name_or_path)
-    if not p.suffix:
-        p = PROFILES / f"{name_or_path}.yaml"
-    if not p.is_file():
-        known = ", ".join(sorted(f.stem for f in PROFILES.glob("*.yaml")))
-        raise FlashError(f"profile {name_or_path!r}: no such file (built-in profiles: {known})")
-    d = yaml.safe_load(p.read_text()) or {}
-    keys = {"name", "description", "dram_mb", "budget_mb"}
-    if set(d) - keys or not {"name", "budget_mb"} <= set(d):
-        raise FlashError(f"{p}: profile keys must be {sorted(keys)} (name and budget_mb required), got {sorted(d)}")
-    return {"name": d["name"], "description": d.get("description", ""), "region": "dram", "optimizer": "adam",
-            "budget_bytes": int(float(d["budget_mb"]) * 2**20)}
+    """A Linux board profile from firmware_sim/profiles/ (the one home of device profiles) or a YAML path."""
+    from firmware_sim.profiles import ProfileError, load_profile as load_sim_profile
+    try:
+        p = load_sim_profile(name_or_path)
+    except ProfileError as e:
+        raise FlashError(str(e)) from None
+    if p.kind != "linux":
+        raise FlashError(f"profile {p.name!r} is a {p.kind} target; flash deploys to Linux boards (rpi-*, jetson-*)")
+    return {"name": p.name, "description": p.description, "region": "dram", "optimizer": "adam",
+            "budget_bytes": p.budgets["dram"]}
 
 
 def bundle_hash(bundle_dir: Path) -> str:

@@ -193,7 +193,7 @@ def test_tampered_bundle_leaves_the_old_slot_current(sshd, bundles, tmp_path):
     a, b = bundles
     root = tmp_path / "board"
     good = flash(_cfg(sshd, root, a))
-    profile = load_profile("pi-zero-2w")
+    profile = load_profile("rpi-zero2w")
     # 1. consistently re-signed weights: the self-test's byte-for-byte comparison fails on the board
     s1 = tmp_path / "s1"
     stage_slot(b, profile, s1)
@@ -305,7 +305,7 @@ def test_disk_full_on_the_board(sshd, bundles, tmp_path, monkeypatch):
 def test_selftest_uses_numpy_json_stdlib_only(bundles, tmp_path):
     """The board-side self-test, run locally with torch/tensorflow/LiteRT/train/convert blocked."""
     slot = tmp_path / "slot"
-    stage_slot(bundles[0], load_profile("pi-zero-2w"), slot)
+    stage_slot(bundles[0], load_profile("rpi-zero2w"), slot)
     blocker = ("import sys, runpy\n"
                "class Block:\n"
                "    def find_spec(self, name, path=None, target=None):\n"
@@ -334,7 +334,7 @@ def test_quoting_helpers():
     assert 'ExecStart="/srv/tl/venv/bin/python" "-m" "device" "train"' in u and "WantedBy=multi-user.target" in u
     with pytest.raises(FlashError, match="whitespace"):
         units("/srv/t l", "/usr/bin/python3", 10, user_scope=True)
-    with pytest.raises(FlashError, match="pi-zero-2w"):
+    with pytest.raises(FlashError, match="rpi-zero2w"):
         load_profile("no-such-board")
 
 
