@@ -8,7 +8,7 @@ PRESET  ?= default
 FMNIST  := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 STAMP   := $(VENV)/.installed
 
-.PHONY: setup data sshd test train adapt convert demo bench flash clean help
+.PHONY: setup data sshd test train adapt convert simulate demo bench flash clean help
 
 help:
 	@echo "make demo   set up, then run the whole pipeline on the bundled data"
@@ -16,6 +16,7 @@ help:
 	@echo "make train  pretrain the default preset (train/presets/$(PRESET).yaml)"
 	@echo "make adapt  all six adaptation methods on Animal-MNIST -> results/adapt.md"
 	@echo "make convert  the adapted TinyTL-L+B checkpoint -> an int8 bundle in $(RUNS)/bundle"
+	@echo "make simulate  learn Animal-MNIST on a simulated 256 KB MCU (mcu-256k) from the pretrained model"
 	@echo "make bench  measurements (tables in bench/results/)"
 	@echo "make flash HOST=user@board [BUNDLE=$(RUNS)/bundle] [PROFILE=rpi4-4g] [SERVICE=1]   deploy to a Pi / Jetson"
 
@@ -61,11 +62,28 @@ adapt: train
 convert: adapt
 	$(BIN)/python -m convert --checkpoint $(RUNS)/adapt/tinytl-lb-b8/model.pt --out $(RUNS)/bundle --force
 
-demo: convert
+ANIMALS := Bear,Bird,Cat,Cow,Dog,Elephant,Giraffe,Horse,Sheep,Zebra
+SIM     := $(RUNS)/sim/mcu-256k
+
+$(RUNS)/data/animal_train.npz: $(STAMP)
+	$(BIN)/python -m train export-data --data animal-mnist --out $(RUNS)/data/animal
+
+# The main on-device story: pretrained on the host, a new task (Animal-MNIST) learned at batch 1 on the target.
+simulate: train $(RUNS)/data/animal_train.npz
+	$(BIN)/python -m convert --checkpoint $(RUNS)/pretrain/model.pt --method tinytl-b --classes 10 --labels $(ANIMALS) \
+	  --data animal-mnist --out $(RUNS)/bundle-new-tinytl-b --force
+	$(BIN)/python -m firmware_sim run --bundle $(RUNS)/bundle-new-tinytl-b --profile mcu-256k --steps 500 --out $(SIM) \
+	  --data $(RUNS)/data/animal_train.npz --eval-data $(RUNS)/data/animal_test.npz --eval-limit 500
+	@echo "== FT-Full on the same target must be refused before any step:"
+	! $(BIN)/python -m firmware_sim run --bundle $(RUNS)/bundle-new-tinytl-b --profile mcu-256k --steps 1 --trainables ft-full \
+	  --out $(RUNS)/sim/ft-full --data $(RUNS)/data/animal_train.npz
+
+demo: convert simulate
 	@echo "== demo finished:"
 	@echo "   pretrained model    $(RUNS)/pretrain/model.pt (+ model.json)"
 	@echo "   adaptation report   results/adapt.md, plot results/adapt.png"
 	@echo "   int8 bundle         $(RUNS)/bundle/ (conversion report: $(RUNS)/bundle/report.md)"
+	@echo "   MCU simulation      $(SIM)/report.md (plots: $(SIM)/*.png)"
 
 bench: setup
 	$(BIN)/python -m bench

@@ -161,6 +161,34 @@ def _run_sweep(a: argparse.Namespace) -> None:
     print(f"report: {md}, plot: {md.with_suffix('.png')}")
 
 
+EXPORT_EXAMPLE = """example:
+  python -m train export-data --data animal-mnist --out runs/data/animal
+writes runs/data/animal_train.npz, _val.npz, _test.npz (x uint8 NHWC, y int64, classes): the files the
+device runtime and the simulator read with numpy alone.
+"""
+
+
+def _add_export(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("export-data", help="write a dataset's splits as .npz files for the device and the simulator",
+                       epilog=EXPORT_EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", required=True, help="fashion-mnist | animal-mnist | digits | folder | .npz")
+    p.add_argument("--out", type=Path, required=True, help="prefix: OUT_train.npz, OUT_val.npz, OUT_test.npz")
+    p.add_argument("--seed", type=int, default=0, help="the split seed (use the one the model was trained with)")
+    p.set_defaults(run=_run_export)
+
+
+def _run_export(a: argparse.Namespace) -> None:
+    import numpy as np
+    from .checkpoint import atomic_write
+    from .data import load_dataset
+    ds = load_dataset(a.data, seed=a.seed)
+    for name in ("train", "val", "test"):
+        split = getattr(ds, name)
+        path = a.out.parent / f"{a.out.name}_{name}.npz"
+        atomic_write(path, lambda f, s=split: np.savez(f, x=s.x, y=s.y, classes=np.array(ds.classes)))
+        print(f"{path}: {len(split.y)} images {split.x.shape[1:]}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m train", description="TinyTL training stage: pretrain, adapt, memory.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -168,6 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_adapt(sub)
     _add_memory(sub)
     _add_sweep(sub)
+    _add_export(sub)
     return parser
 
 
