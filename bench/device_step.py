@@ -1,0 +1,198 @@
+"""Batch-1 on-device training step: our runtime (`device.trainer.Trainer`) vs PyTorch eager doing the
+same step on the float model; planned memory vs what autograd keeps; RSS over a long `device train`.
+
+Same step both sides: TinyTL method applied (train.methods.apply_method), BN frozen (set_adapt_mode),
+Adam lr 1e-3, one image, forward + cross entropy + backward + update. Inputs are the same int8 images
+(PyTorch gets them dequantized, NCHW). Runtimes alternate within each repeat (ours, torch 1 thread as
+`train adapt` uses at batch <= 16, torch with all threads).
+
+Memory. Ours: the step's planned arena (`trainer.plan.peak`: activations, saved tensors, ReLU masks,
+gradients, scratch, trainable parameters and Adam state; frozen weights stay in the .tflite, in flash).
+PyTorch: the distinct storages autograd saves during the forward (torch.autograd.graph.saved_tensors_hooks),
+split into activations and frozen weights (parameters; in the model either way), plus trainable
+parameters, their gradients and Adam's two moments. That omits PyTorch's transient forward and backward
+buffers, so it is a lower bound of its step's memory.
+"""
+from __future__ import annotations
+
+import os
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from . import _bundles as B
+
+LR = 1e-3
+
+
+def _torch_step(bundle_dir: Path, method: str):
+    """(step(x_nchw, label), model): PyTorch eager batch-1 step on the float model the bundle came from."""
+    from convert import ConvertConfig
+    from convert._bundle import load_model
+    from train.methods import apply_method, set_adapt_mode
+    src = B.PRETRAINED if B.PRETRAINED.exists() else B.checkpoint("mcunet-tiny", 32, method)
+    kw = dict(method=method, classes=10, labels=tuple(B.LABELS.split(",")), data=B.DATA) if B.PRETRAINED.exists() else {}
+    model, _ = load_model(ConvertConfig(checkpoint=str(src), out=str(bundle_dir), **kw))  # the seed-0 fresh head, as convert
+    apply_method(model, method)
+    model = set_adapt_mode(model.to(memory_format=torch.channels_last))
+    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=LR)
+
+    def step(x: torch.Tensor, y: torch.Tensor) -> float:
+        loss = F.cross_entropy(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        return loss.item()
+    return step, model
+
+
+def _torch_memory(model, x: torch.Tensor, y: torch.Tensor) -> dict[str, int]:
+    """Bytes: autograd-saved activations and frozen weights (distinct storages), trainable params + grads + Adam."""
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    saved: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        s = t.untyped_storage()
+        saved[s.data_ptr()] = s.nbytes()
+        return t
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        loss = F.cross_entropy(model(x), y)
+    loss.backward()
+    model.zero_grad(set_to_none=True)
+    trainable = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
+    return {"activations": sum(n for k, n in saved.items() if k not in params),
+            "frozen weights": sum(n for k, n in saved.items() if k in params),
+            "params+grads+adam": 4 * trainable}
+
+
+def _step_compare(method: str, repeats: int, k: int) -> tuple[str, str, str]:
+    from device.bundle import load_bundle
+    from device.optim import OptimConfig
+    from device.trainer import Trainer
+    d, _, _, src = B.new_task_bundle(method)
+    m = load_bundle(d).manifest["input"]
+    xq = B.quantized_inputs(d, k, "train")
+    yy = B.dataset().train.y[:k]
+    xt = torch.from_numpy((xq.astype(np.float32) - m["zero_point"]) * m["scale"]).permute(0, 3, 1, 2)
+    xt = xt.contiguous(memory_format=torch.channels_last)
+    tr = Trainer(load_bundle(d), OptimConfig("adam", lr=LR, schedule="constant"))
+    tstep, model = _torch_step(d, method)
+    threads = torch.get_num_threads()
+
+    def ours() -> None:
+        for i in range(k):
+            tr.step(xq[i:i + 1], int(yy[i]))
+
+    def torch_n(n: int):
+        def go() -> None:
+            torch.set_num_threads(n)
+            try:
+                for i in range(k):
+                    tstep(xt[i:i + 1], torch.tensor([int(yy[i])]))
+            finally:
+                torch.set_num_threads(threads)
+        return go
+    sides = {"ours": ours, "torch 1 thread": torch_n(1), f"torch {threads} threads": torch_n(threads)}
+    for go in sides.values():
+        go()  # warm-up
+    ms = {n: [] for n in sides}
+    for _ in range(repeats):
+        for n, go in sides.items():
+            ms[n].append(1e3 * B.timed(go) / k)
+    med = {n: statistics.median(v) for n, v in ms.items()}
+    one = med["torch 1 thread"]
+    timing = (f"| {method} | " + " | ".join(f"{med[n]:.1f} ({min(v):.1f}..{max(v):.1f})" for n, v in ms.items())
+              + f" | {med['ours'] / one:.2f}x |")
+    pt = _torch_memory(model, xt[:1], torch.tensor([int(yy[0])]))
+    kinds: dict[str, int] = {}
+    for b in tr.plan.buffers:
+        kinds[b.kind] = kinds.get(b.kind, 0) + b.size
+    peak = tr.plan.peak["sram"]
+    total = pt["activations"] + pt["params+grads+adam"]
+    memory = (f"| {method} | {peak / 1024:.1f} | {', '.join(f'{k} {v / 1024:.1f}' for k, v in sorted(kinds.items()))} | "
+              f"{pt['activations'] / 1024:.1f} | {pt['params+grads+adam'] / 1024:.1f} | {total / 1024:.1f} | "
+              f"{pt['frozen weights'] / 1024:.1f} | {peak / total:.2f} |")
+    return timing, memory, src
+
+
+def _rss_kb(pid: int) -> int | None:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def _soak(steps: int) -> str:
+    """`python -m device train` for `steps` steps, RSS sampled every second; warm-up = first progress line."""
+    d, _, _, _ = B.new_task_bundle("tinytl-lb")
+    data = B.task_npz("train")
+    ckdir = B.tmpdir() / "soak-ckpt"
+    log_every = max(1, steps // 20)
+    cmd = [sys.executable, "-m", "device", "train", "--bundle", str(d), "--data", str(data), "--steps", str(steps),
+           "--optimizer", "adam", "--lr", str(LR), "--checkpoint-dir", str(ckdir), "--checkpoint-every", str(max(100, steps // 10)),
+           "--log-every", str(log_every)]
+    t0 = time.perf_counter()
+    p = subprocess.Popen(cmd, cwd=B.ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                         env=os.environ | {"PYTHONUNBUFFERED": "1"})
+    warm = {"t": None}
+    lines: list[str] = []
+
+    def read() -> None:
+        for line in p.stdout:
+            lines.append(line.rstrip())
+            if warm["t"] is None and line.startswith("step ") and "loss" in line:
+                warm["t"] = time.perf_counter()
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    samples: list[tuple[float, int]] = []
+    while p.poll() is None:
+        kb = _rss_kb(p.pid)
+        if kb is not None:
+            samples.append((time.perf_counter(), kb))
+        time.sleep(1.0)
+    reader.join(timeout=5)
+    wall = time.perf_counter() - t0
+    if p.returncode != 0:
+        return f"Soak FAILED (exit {p.returncode}): `{' '.join(cmd)}`\n\n```\n" + "\n".join(lines[-15:]) + "\n```\n"
+    after = [kb for t, kb in samples if warm["t"] is not None and t >= warm["t"]]
+    if not after:
+        return f"Soak: {steps} steps in {wall:.0f} s, too short for an RSS sample after warm-up.\n"
+    w, end, top = after[0], after[-1], max(kb for _, kb in samples)
+    return (f"Soak: `python -m device train` (TinyTL-L+B new-task bundle, Animal-MNIST train split, Adam, checkpoints "
+            f"every {max(100, steps // 10)} steps), {steps} steps in {wall:.0f} s ({1e3 * wall / steps:.1f} ms/step with "
+            f"start-up), VmRSS sampled every second ({len(samples)} samples).\n\n"
+            "| RSS after warm-up (first progress line, step " f"{log_every}) MB | RSS at the end MB | drift MB | max RSS MB (start-up included) |\n"
+            "|---:|---:|---:|---:|\n"
+            f"| {w / 1024:.1f} | {end / 1024:.1f} | {(end - w) / 1024:+.1f} | {top / 1024:.1f} |\n")
+
+
+def run(quick: bool = False) -> str:
+    repeats, k, steps = (5, 10, 500) if quick else (7, 20, 10_000)
+    methods = ["tinytl-lb"] if quick else ["tinytl-lb", "tinytl-b"]
+    timing, memory = [], []
+    for method in methods:
+        t, m, src = _step_compare(method, repeats, k)
+        timing.append(t)
+        memory.append(m)
+    threads = torch.get_num_threads()
+    return (f"Bundles: {src} for Animal-MNIST (10 classes), converted per method. "
+            f"ms per step, median of {repeats} repeats of {k} steps (min..max), alternating; Adam lr {LR}, batch 1."
+            + (" Quick mode: TinyTL-B skipped." if quick else "") + "\n\n"
+            f"| method | ours ms | torch 1 thread ms | torch {threads} threads ms | ours / torch 1 thread |\n"
+            "|---|---|---|---|---:|\n" + "\n".join(timing) + "\n\n"
+            "Memory of one step, KB. Ours: planned arena peak, and the plan's bytes summed by kind (not all live at "
+            "once). PyTorch: autograd-saved activations + trainable parameters, gradients and Adam state (a lower "
+            "bound: transient buffers not counted); frozen weights autograd also holds are shown apart.\n\n"
+            "| method | ours: planned peak | ours: sum by kind | torch: saved activations | torch: params+grads+Adam | "
+            "torch: total | torch: frozen weights saved | ours / torch |\n|---|---:|---|---:|---:|---:|---:|---:|\n"
+            + "\n".join(memory) + "\n\n" + _soak(steps))

@@ -1,0 +1,96 @@
+"""int8 inference at batch 1: our numpy engine vs LiteRT (XNNPACK, its default) vs LiteRT's reference
+kernels, on the same bundle's inference.tflite and the same inputs; and bit-exactness against both.
+
+Timing: each repeat runs K test images one by one through each runtime in turn (ours, XNNPACK,
+reference), so all three see the same machine noise; a repeat's figure is its mean ms per image.
+Exactness: 200 test images, every output byte compared (ours runs them as one batch, LiteRT one by one).
+"""
+from __future__ import annotations
+
+import statistics
+import time
+
+import numpy as np
+
+from . import _bundles as B
+from .convert_fidelity import BIG_RES
+
+EXACT_N = 200  # test images compared byte for byte
+
+
+def _litert(tflite: bytes, reference: bool):
+    """LiteRT interpreter with its default settings (threads, delegate), as the Python API gives it."""
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+    it = Interpreter(model_content=tflite, experimental_op_resolver_type=OpResolverType.BUILTIN_REF if reference
+                     else OpResolverType.AUTO)
+    it.allocate_tensors()
+    i, o = it.get_input_details()[0]["index"], it.get_output_details()[0]["index"]
+
+    def run(x: np.ndarray) -> np.ndarray:
+        it.set_tensor(i, x)
+        it.invoke()
+        return it.get_tensor(o).copy()
+    return run
+
+
+def _ms_per_image(run, x: np.ndarray) -> float:
+    t0 = time.perf_counter()
+    for k in range(len(x)):
+        run(x[k:k + 1])
+    return 1e3 * (time.perf_counter() - t0) / len(x)
+
+
+def _lsb(a: np.ndarray, b: np.ndarray) -> tuple[int, int]:
+    """(images whose output differs anywhere, max |difference| in int8 steps)."""
+    d = np.abs(a.astype(np.int32) - b.astype(np.int32)).reshape(len(a), -1)
+    return int((d.max(1) > 0).sum()), int(d.max())
+
+
+def _bench(name: str, d, repeats: int, k: int) -> tuple[str, str]:
+    from device.engine import Engine
+    tfl = (d / "inference.tflite").read_bytes()
+    ours, xnn, ref = Engine(d / "inference.tflite"), _litert(tfl, False), _litert(tfl, True)
+    x = B.quantized_inputs(d, max(k, EXACT_N))
+    runs = {"ours": ours.run, "xnnpack": xnn, "reference": ref}
+    for run in runs.values():
+        run(x[:1])  # warm-up: first-call allocation and delegate setup
+    ms = {n: [] for n in runs}
+    for _ in range(repeats):
+        for n, run in runs.items():
+            ms[n].append(_ms_per_image(run, x[:k]))
+    med = {n: statistics.median(v) for n, v in ms.items()}
+    timing = (f"| {name} | {x.shape[1]} | " + " | ".join(f"{med[n]:.2f} ({min(v):.2f}..{max(v):.2f})" for n, v in ms.items())
+              + f" | {med['ours'] / med['xnnpack']:.1f}x | {med['ours'] / med['reference']:.2f}x |")
+    xe = x[:EXACT_N]
+    got = ours.run(xe)
+    got_exact = Engine(d / "inference.tflite", exact_float=True).run(xe)
+    want_ref = np.concatenate([ref(xe[i:i + 1]) for i in range(len(xe))])
+    want_xnn = np.concatenate([xnn(xe[i:i + 1]) for i in range(len(xe))])
+    pairs = [(got, want_ref), (got_exact, want_ref), (got, want_xnn), (want_ref, want_xnn)]
+    exact = f"| {name} | {len(xe)} | " + " | ".join("{} (max {} LSB)".format(*_lsb(a, b)) for a, b in pairs) + " |"
+    return timing, exact
+
+
+def run(quick: bool = False) -> str:
+    repeats, k = (5, 20) if quick else (7, 20)
+    models = [("mcunet-tiny (adapted)", B.bundle(B.REAL, eval_samples=None)[0])] if B.ADAPTED.exists() else \
+             [("mcunet-tiny (random)", B.bundle("mcunet-tiny", 32)[0])]
+    if not quick:
+        models += [(f"{p} (random)", B.bundle(p, BIG_RES)[0]) for p in ("mbv2-w0.35", "proxylessnas-mobile")]
+    timing, exact = [], []
+    for name, d in models:
+        t, e = _bench(name, d, repeats, k)
+        timing.append(t)
+        exact.append(e)
+    note = "" if B.ADAPTED.exists() else \
+        f"No adapted checkpoint (`{B.ADAPTED.relative_to(B.ROOT)}`; `make adapt`): mcunet-tiny has random weights (see convert_fidelity). "
+    return (f"{note}Batch 1, int8 input from the Animal-MNIST test split, ms per image: median of {repeats} repeats "
+            f"of {k} images (min..max); runtimes alternate within each repeat. LiteRT with its default threads; "
+            "our engine is numpy in this process. Ratios are of medians (>1: ours slower).\n\n"
+            "| model | px | ours ms | LiteRT XNNPACK ms | LiteRT reference ms | ours / XNNPACK | ours / reference |\n"
+            "|---|---:|---|---|---|---:|---:|\n" + "\n".join(timing) +
+            f"\n\nBit-exactness on {EXACT_N} test images: images whose int8 output differs (max difference in LSB). "
+            "`exact_float` makes our float islands (lite branches) reproduce the reference kernels' float32 "
+            "rounding; by default they may round differently, which can move a requantized byte.\n\n"
+            "| model | images | ours vs reference | ours (exact_float) vs reference | ours vs XNNPACK | reference vs XNNPACK |\n"
+            "|---|---:|---|---|---|---|\n" + "\n".join(exact) + "\n")
