@@ -11,6 +11,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see train/__main__.py: sp
 CONVERT_EXAMPLE = """examples:
   python -m convert --checkpoint runs/adapt/tinytl-lb/model.pt --out bundles/animal
   python -m convert --checkpoint runs/pretrain/model.pt --method tinytl-lb --classes 3 --labels cat,dog,bird --out bundles/new
+  python -m convert --checkpoint runs/pretrain/model.pt --method tinytl-b --classes 3 --litert-training --out bundles/peer
   python -m convert merge --bundle bundles/animal --trained trained.npz --out adapted.tflite
 """
 
@@ -33,6 +34,9 @@ def _convert_parser() -> argparse.ArgumentParser:
     p.add_argument("--trainable-blocks", metavar="last:K",
                    help="partial update: only the last K units (stem, blocks, head) keep their trainable biases/lite branches, plus the classifier")
     p.add_argument("--resolution", type=int, help="input side in px (default: the checkpoint's)")
+    p.add_argument("--litert-training", action="store_true",
+                   help="also write train.tflite: a float LiteRT training model (signatures train/infer/save/restore, "
+                        "builtin ops only) for tinytl-b and ft-last")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--force", action="store_true", help="replace OUT if it exists")
     return p
@@ -76,7 +80,8 @@ def main(argv: list[str] | None = None) -> int:
         cfg = ConvertConfig(checkpoint=str(a.checkpoint), out=str(a.out), calibration_samples=a.calibration_samples, data=a.data,
                             method=a.method, classes=a.classes, labels=tuple(a.labels.split(",")) if a.labels else None,
                             float_lite=not a.int8_lite, ranges=a.ranges, eval_samples=a.eval_samples, seed=a.seed, force=a.force,
-                            trainable_blocks=_last_k(a.trainable_blocks), resolution=a.resolution)
+                            trainable_blocks=_last_k(a.trainable_blocks), resolution=a.resolution,
+                            litert_training=a.litert_training)
         if cfg.calibration_samples < 1:
             raise UserError("--calibration-samples must be at least 1")
         r = convert(cfg)

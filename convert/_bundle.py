@@ -20,7 +20,7 @@ import torch
 from device.bundle import BUNDLE_FORMAT, BUNDLE_VERSION, MANIFEST, file_sha256
 from train.checkpoint import load_checkpoint
 from train.errors import UserError
-from . import _tflite
+from . import _litert_train, _tflite
 from ._build import build_graph, mark_trainable
 from ._trainable import trainable_spec
 
@@ -44,6 +44,7 @@ class ConvertConfig:
     trainable_blocks: int | None = None  # partial update: only the last k units (stem, blocks.i, head) keep their
                                          # trainables, plus the classifier (MCUNetV3's sparse update); None: all
     resolution: int | None = None        # input side, px, overriding the checkpoint's (memory/latency what-ifs)
+    litert_training: bool = False        # also emit train.tflite, LiteRT's training peer (tinytl-b, ft-last)
 
 
 def _checkpoint_json(path: Path) -> dict[str, Any]:
@@ -145,6 +146,10 @@ def convert(cfg: ConvertConfig, *, log=print) -> dict[str, Any]:
         raise UserError(f"{out}: exists; pass --force to replace it (it is replaced whole, never half-overwritten)")
     t0 = time.time()
     model, meta = load_model(cfg)
+    if cfg.litert_training and meta["method"] not in _litert_train.METHODS:
+        raise UserError(f"--litert-training: method '{meta['method']}' is not supported; train.tflite is implemented for "
+                        f"{', '.join(_litert_train.METHODS)} only (conv biases and the classifier), not for the lite-branch "
+                        f"weights tinytl-l/tinytl-lb train")
     ds, prep = load_data(cfg, meta)
     g, params = build_graph(model, prep.resolution, trainable=set(meta["trainable"]))
     g = mark_trainable(g, meta["trainable"])
@@ -155,6 +160,7 @@ def convert(cfg: ConvertConfig, *, log=print) -> dict[str, Any]:
     grid = (-prep.mean / prep.std, 1 / (255 * prep.std))
     tfl = _tflite.convert_int8(g, params, calib, float_lite=cfg.float_lite, input_grid=grid, ranges=cfg.ranges)
     seconds = time.time() - t0
+    peer = _litert_training(g, params) if cfg.litert_training else None
     spec, trainable = trainable_spec(g, params, tfl, meta["method"])
     from ._report import evaluate, write_report
     ev = evaluate(model, tfl, ds, prep, meta, cfg.eval_samples)
@@ -166,7 +172,12 @@ def convert(cfg: ConvertConfig, *, log=print) -> dict[str, Any]:
         np.savez(tmp / "trainable.npz", **trainable)
         (tmp / "trainable.json").write_text(json.dumps(spec, indent=1) + "\n")
         onnx_note = export_onnx(model, prep.resolution, tmp / "model.onnx")
+        if peer is not None:
+            (tmp / "train.tflite").write_bytes(peer[0])
         manifest = _manifest(cfg, model, meta, prep, tfl, spec, tmp)
+        if peer is not None:
+            manifest["litert_training"] = {"file": "train.tflite", "signatures": list(peer[1]),
+                                           "input": "float32 NHWC normalized", "params": peer[2]}
         report = write_report(tmp / "report.md", manifest, ev, _tflite.op_counts(tfl), seconds, onnx_note, cfg.float_lite)
         manifest["files"] = _files(tmp)  # now with report.md
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
@@ -177,6 +188,14 @@ def convert(cfg: ConvertConfig, *, log=print) -> dict[str, Any]:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return {"out": str(out), "seconds": round(seconds, 1), **ev, "report": report}
+
+
+def _litert_training(g, params) -> tuple[bytes, tuple[str, ...], list[str]]:
+    """(train.tflite, its signatures, trainable names in save() order); UserError if it needs non-builtin ops."""
+    try:
+        return _litert_train.convert_training(g, params), _litert_train.SIGNATURES, _litert_train.trainable_order(g, params)
+    except _litert_train.NotBuiltinError as e:
+        raise UserError(str(e)) from None
 
 
 def _files(folder: Path) -> dict[str, dict]:

@@ -57,18 +57,36 @@ def _unsplat(v: np.ndarray) -> np.ndarray:
     return v
 
 
+class Primitives:
+    """The TF ops the emitter calls for the op kinds whose TF gradients are no TFLite builtins;
+    convert/_litert_train.py swaps in versions with builtin-only backward passes."""
+    conv2d = staticmethod(tf.nn.conv2d)
+    depthwise_conv2d = staticmethod(tf.nn.depthwise_conv2d)
+    relu = staticmethod(tf.nn.relu)
+    relu6 = staticmethod(tf.nn.relu6)
+
+    @staticmethod
+    def resize_bilinear(x, size, name=None):
+        return tf.compat.v1.image.resize_bilinear(x, size, align_corners=False, half_pixel_centers=True, name=name)
+
+
 def _emit(g: Graph, params: dict[str, np.ndarray], x: tf.Tensor) -> tf.Tensor:
-    env = {g.inputs[0]: x}
     c = {k: tf.constant(_unsplat(v) if g.tensors[k].trainable else v) for k, v in params.items()}
+    return emit_graph(g, c, x)
+
+
+def emit_graph(g: Graph, c: dict, x: tf.Tensor, prims: type = Primitives) -> tf.Tensor:
+    """The logits of g on x; c: parameter name -> tf.Tensor or tf.Variable."""
+    env = {g.inputs[0]: x}
     for op in g.ops:
         # every TF op of `op` is named "<output tensor>/...", its result "<output tensor>/out": the .tflite
         # tensor names then say which graph tensor they hold (denylist, taps, merge find them by name)
         with tf.name_scope(_tf_name(op.outputs[0])):
-            _emit_op(g, op, env, c)
+            _emit_op(g, op, env, c, prims)
     return env[g.outputs[0]]
 
 
-def _emit_op(g: Graph, op, env: dict, c: dict) -> None:
+def _emit_op(g: Graph, op, env: dict, c: dict, prims: type = Primitives) -> None:
         a, nm, ins = op.attrs, OUT, op.inputs
         if op.kind == "conv2d":
             y, w, b = env[ins[0]], c[ins[1]], c[ins[2]]
@@ -81,18 +99,18 @@ def _emit_op(g: Graph, op, env: dict, c: dict) -> None:
                     y = tf.pad(y, [[0, 0], [t, bo], [l, r], [0, 0]], name=nm + "/pad")
             cin, cout = y.shape[-1], w.shape[-1]
             if a["groups"] == cin == cout and a["groups"] > 1:  # depthwise: (KH, KW, C, 1)
-                y = tf.nn.depthwise_conv2d(y, tf.reshape(w, (w.shape[0], w.shape[1], cin, 1)), [1, a["stride"], a["stride"], 1], pad, name=nm + "/conv")
+                y = prims.depthwise_conv2d(y, tf.reshape(w, (w.shape[0], w.shape[1], cin, 1)), [1, a["stride"], a["stride"], 1], pad, name=nm + "/conv")
             else:
-                y = tf.nn.conv2d(y, w, a["stride"], pad, name=nm + "/conv")
+                y = prims.conv2d(y, w, a["stride"], pad, name=nm + "/conv")
             env[op.outputs[0]] = tf.nn.bias_add(y, b, name=nm)
         elif op.kind == "relu6":
-            env[op.outputs[0]] = tf.nn.relu6(env[ins[0]], name=nm)
+            env[op.outputs[0]] = prims.relu6(env[ins[0]], name=nm)
         elif op.kind == "relu":
-            env[op.outputs[0]] = tf.nn.relu(env[ins[0]], name=nm)
+            env[op.outputs[0]] = prims.relu(env[ins[0]], name=nm)
         elif op.kind == "add":
             env[op.outputs[0]] = tf.add(env[ins[0]], env[ins[1]], name=nm)
         elif op.kind == "avg_pool2d":
-            env[op.outputs[0]] = _avg_pool(env[ins[0]], a["kernel"], nm)
+            env[op.outputs[0]] = _avg_pool(env[ins[0]], a["kernel"], nm, prims)
         elif op.kind == "group_norm":
             y, gamma, beta = env[ins[0]], c[ins[1]], c[ins[2]]
             n, h, w_, ch = y.shape
@@ -103,8 +121,7 @@ def _emit_op(g: Graph, op, env: dict, c: dict) -> None:
             z = tf.reshape(d * tf.math.rsqrt(var + a["eps"]), (n, h, w_, ch))
             env[op.outputs[0]] = tf.add(z * gamma, beta, name=nm)
         elif op.kind == "resize_bilinear":
-            env[op.outputs[0]] = tf.compat.v1.image.resize_bilinear(env[ins[0]], a["size"], align_corners=False,
-                                                                    half_pixel_centers=True, name=nm)
+            env[op.outputs[0]] = prims.resize_bilinear(env[ins[0]], a["size"], name=nm)
         elif op.kind == "mean":
             env[op.outputs[0]] = tf.reduce_mean(env[ins[0]], axis=(1, 2), name=nm)
         elif op.kind == "fully_connected":
@@ -114,7 +131,7 @@ def _emit_op(g: Graph, op, env: dict, c: dict) -> None:
             raise ValueError(f"op {op.name}: no TF emitter for '{op.kind}'")
 
 
-def _avg_pool(x: tf.Tensor, k: int, nm: str) -> tf.Tensor:
+def _avg_pool(x: tf.Tensor, k: int, nm: str, prims: type = Primitives) -> tf.Tensor:
     """k x k stride-k average, PyTorch ceil mode, as a depthwise conv with 1/k^2 weights.
 
     Why not AVERAGE_POOL_2D: the quantizer keeps it int8 even inside a denylisted island, and an int8
@@ -125,7 +142,7 @@ def _avg_pool(x: tf.Tensor, k: int, nm: str) -> tf.Tensor:
     ph, pw = -h % k, -w % k
     if ph or pw:
         x = tf.pad(x, [[0, 0], [0, ph], [0, pw], [0, 0]])
-    y = tf.nn.depthwise_conv2d(x, tf.fill((k, k, c, 1), 1.0 / (k * k)), [1, k, k, 1], "VALID")
+    y = prims.depthwise_conv2d(x, tf.fill((k, k, c, 1), 1.0 / (k * k)), [1, k, k, 1], "VALID")
     if ph or pw:
         rows = np.full(y.shape[1], float(k)); rows[-1] = k - ph
         cols = np.full(y.shape[2], float(k)); cols[-1] = k - pw
