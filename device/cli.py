@@ -58,6 +58,8 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--bundle", required=True, type=Path)
     s.add_argument("--data", required=True, help=".npz (x, y) or an image folder")
     s.add_argument("--trained", type=Path)
+    s.add_argument("--tflite", type=Path, help="evaluate this int8 .tflite instead of the bundle's (e.g. one 'convert merge' wrote "
+                                               "from this bundle); the bundle still gives labels and input quantization")
     s.add_argument("--engine", choices=("own", "litert", "litert-ref"), default="own")
     s.add_argument("--limit", type=int, help="evaluate at most this many samples")
     s = cmd("train", "Batch-1 on-device learning of the trainable parameters (crash-safe, resumable).")
@@ -166,6 +168,10 @@ def _run_litert(it, x: np.ndarray) -> np.ndarray:
 
 def _logits(a, xq: np.ndarray) -> np.ndarray:
     from .bundle import load_trained
+    if getattr(a, "tflite", None) is not None:
+        if a.trained:
+            raise SystemExit("error: --tflite and --trained exclude each other: a merged .tflite already holds the trained parameters")
+        return _tflite_logits(a.tflite, a.engine, xq)
     if a.engine == "own":
         tr = _trainer(a)
         if a.trained:
@@ -175,6 +181,20 @@ def _logits(a, xq: np.ndarray) -> np.ndarray:
         raise SystemExit("error: LiteRT runs the bundle's .tflite as shipped; merge trained parameters on the host "
                          "first ('python -m convert merge') and pass the result with --tflite, or use --engine own")
     return _run_litert(_interpreter(a.bundle / "inference.tflite", a.engine), xq).astype(np.float32)
+
+
+def _tflite_logits(path: Path, engine: str, xq: np.ndarray) -> np.ndarray:
+    """Dequantized outputs of an int8 .tflite (a merged one of the bundle: same input and output spec)."""
+    if not path.is_file():
+        raise SystemExit(f"error: {path}: no such .tflite")
+    if engine == "own":
+        from .engine import Engine
+        eng = Engine(path)
+        return eng.dequantize_output(eng.run(xq))
+    it = _interpreter(path, engine)
+    scale, zero = it.get_output_details()[0]["quantization"]
+    y = _run_litert(it, xq).astype(np.float32)
+    return (y - zero) * scale if scale else y
 
 
 def _images(paths: list[str], labels) -> tuple[np.ndarray, np.ndarray | None]:
@@ -265,9 +285,16 @@ def cmd_export(a) -> None:
     if found is None:
         raise SystemExit(f"error: {a.checkpoint_dir}: no checkpoint")
     path, state, meta = found
-    params = {n: state[f"param/{n}"] for n in b.trainable}
+    learned = [n for n in b.trainable if f"param/{n}" in state]
+    if not learned:
+        raise SystemExit(f"error: {path}: holds none of this bundle's trainable parameters")
+    # a run that trained a subset (e.g. the simulator's --trainables tinytl-b on a TinyTL-L+B bundle) left the
+    # rest as shipped: export them unchanged, so the file is complete for `convert merge`
+    params = {n: state[f"param/{n}"] if n in learned else b.trainable[n] for n in b.trainable}
     export(params, a.out)
-    print(f"{path.name} (step {meta['step']}) -> {a.out}: {len(params)} tensors, {a.out.stat().st_size:,} bytes")
+    kept = len(params) - len(learned)
+    print(f"{path.name} (step {meta['step']}) -> {a.out}: {len(learned)} learned tensors"
+          + (f" + {kept} unchanged from the bundle (frozen in that run)" if kept else "") + f", {a.out.stat().st_size:,} bytes")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -287,5 +314,10 @@ def main(argv: list[str] | None = None) -> int:
         first = str(e).splitlines()
         print(f"error: {first[0]}" + ("".join(f"\n  {l}" for l in first[1:]) if isinstance(e, BudgetError) else ""), file=sys.stderr)
         return 2
+    except SystemExit as e:  # `raise SystemExit("error: ...")` in the commands: the same exit code as every other bad input
+        if isinstance(e.code, str):
+            print(e.code, file=sys.stderr)
+            return 2
+        raise
     except KeyboardInterrupt:
         return 130

@@ -100,3 +100,40 @@ def test_bad_data_and_foreign_checkpoint_never_lose_the_last_good_one(lb, tmp_pa
     assert "ckpt-000000006.npz" in after and after["ckpt-000000006.npz"] == before["ckpt-000000006.npz"]
     r = run("export", "--bundle", lb, "--checkpoint-dir", ckdir, "--out", tmp_path / "p.npz")
     assert r.returncode == 0 and (tmp_path / "p.npz").stat().st_size < 1_000_000
+
+
+def test_partial_run_export_merge_eval_with_litert(lb, tmp_path_factory, tmp_path):
+    """The demo's path: a TinyTL-L+B bundle of which only the biases learn (as the simulator's --trainables
+    tinytl-b on a 256 KB MCU), exported, merged into a stock .tflite, evaluated by LiteRT: the merged file must
+    give the accuracy our engine gives with the trained parameters (the same int8 model, so equal counts)."""
+    from device import load_bundle
+    from device.loop import LoopConfig, train
+    from device.optim import OptimConfig
+    from firmware_sim import target
+    b = load_bundle(lb)
+    biases = target.method_names(b, "tinytl-b")
+    assert biases and len(biases) < len(b.trainable)
+    z = np.load(animal_npz(tmp_path_factory, "train", 60))
+    ckdir = tmp_path / "ck"
+    train(target.with_trainables(b, biases), OptimConfig("sgd", lr=1e-2, total_steps=20),
+          LoopConfig(steps=20, seed=0, checkpoint_dir=str(ckdir), checkpoint_every=10, log_every=0),
+          data=(z["x"], z["y"]), log=lambda s: None)
+    r = run("export", "--bundle", lb, "--checkpoint-dir", ckdir, "--out", tmp_path / "t.npz")
+    assert r.returncode == 0 and f"{len(biases)} learned tensors" in r.stdout, r.stdout + r.stderr
+    t = np.load(tmp_path / "t.npz")
+    assert set(t.files) == set(b.trainable)
+    assert any(not np.array_equal(t[n], b.trainable[n]) for n in biases)  # it learned
+    assert all(np.array_equal(t[n], b.trainable[n]) for n in set(b.trainable) - set(biases))  # the rest as shipped
+    m = subprocess.run([sys.executable, "-m", "convert", "merge", "--bundle", str(lb), "--trained", str(tmp_path / "t.npz"),
+                        "--out", str(tmp_path / "adapted.tflite")], cwd=ROOT, capture_output=True, text=True)
+    assert m.returncode == 0, m.stderr[-2000:]
+    test = animal_npz(tmp_path_factory, "test", 64)
+    acc = {}
+    for args in (("--tflite", tmp_path / "adapted.tflite", "--engine", "litert-ref"), ("--tflite", tmp_path / "adapted.tflite"),
+                 ("--trained", tmp_path / "t.npz")):
+        r = run("eval", "--bundle", lb, "--data", test, *args)
+        assert r.returncode == 0, r.stderr
+        acc[args[0] + args[-1].__str__()[-4:]] = float(r.stdout.split()[1])
+    assert len(set(acc.values())) == 1, acc
+    one_line_error(run("eval", "--bundle", lb, "--data", test, "--tflite", tmp_path / "adapted.tflite", "--trained", tmp_path / "t.npz"),
+                   "exclude each other")

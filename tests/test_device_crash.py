@@ -31,8 +31,18 @@ def test_kill_9_and_resume_equals_uninterrupted(tmp_path_factory, tmp_path):
     rng = random.Random(0)
     kills, steps_seen = 0, []
     for _ in range(4):
+        before = ck.latest(ckdir)
+        before = before[2]["step"] if before else 0
         p = subprocess.Popen(_cmd(bpath, data, ckdir, export), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        time.sleep(rng.uniform(1.5, 2.5))
+        # kill at a random moment AFTER this run made progress (a new checkpoint), not after a fixed time: on a
+        # loaded machine start-up alone can take seconds, and a run killed before its first checkpoint tests nothing
+        deadline = time.monotonic() + 300
+        while p.poll() is None and time.monotonic() < deadline:
+            now = ck.latest(ckdir)
+            if now and now[2]["step"] > before:
+                break
+            time.sleep(0.05)
+        time.sleep(rng.uniform(0.0, 0.4))  # somewhere inside the next steps or checkpoint write
         if p.poll() is None:
             p.kill()  # SIGKILL: no cleanup, no flush
             kills += 1
