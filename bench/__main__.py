@@ -1,23 +1,27 @@
-"""python -m bench [--quick] [--only NAME]: run the benchmarks, print the tables, write bench/results/NAME.md."""
+"""python -m bench [--quick] [--only NAME]: run the benchmarks, print the tables, write bench/results/NAME.md
+(and NAME.json); a full run of all of them also writes BENCHMARKS.md (summary, goals) at the repo root."""
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import sys
 import time
-from pathlib import Path
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as in train/__main__.py; before torch loads
 
 import torch  # noqa: E402
 
-from . import convert_fidelity, device_step, engine_speed, pretrain_speed  # noqa: E402
+from . import _bundles as B  # noqa: E402
+from . import (accuracy, convert_fidelity, device_step, engine_speed, memory_device, memory_paper,  # noqa: E402
+               pretrain_speed, summary)
 
-RESULTS = Path(__file__).parent / "results"
+RESULTS = B.RESULTS
 # name -> run(quick) -> markdown; in this order, so later ones reuse the bundles earlier ones converted
 BENCHMARKS = {"pretrain_speed": pretrain_speed.run, "convert_fidelity": convert_fidelity.run,
-              "engine_speed": engine_speed.run, "device_step": device_step.run}
+              "engine_speed": engine_speed.run, "device_step": device_step.run, "memory_paper": memory_paper.run,
+              "memory_device": memory_device.run, "accuracy": accuracy.run}
 
 
 def machine() -> str:
@@ -35,21 +39,36 @@ def machine() -> str:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench", description="Measurements, side by side in one run.")
-    p.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
+    p.add_argument("--quick", action="store_true", help="small sizes, for a smoke run (never writes BENCHMARKS.md)")
     p.add_argument("--only", choices=list(BENCHMARKS), action="append", metavar="NAME",
                    help=f"run only this benchmark (repeatable): {', '.join(BENCHMARKS)}")
     a = p.parse_args(argv)
     RESULTS.mkdir(parents=True, exist_ok=True)
+    timings: dict[str, float] = {}
+    start = machine()
+    if not a.quick and not B.PRETRAINED.exists():
+        t0 = time.perf_counter()  # every benchmark of a full run uses the pretrained model: make it first
+        print(f"== {accuracy.pretrained(quick=False)[1]}", file=sys.stderr)
+        timings["pretrain (setup)"] = time.perf_counter() - t0
     for name, run in BENCHMARKS.items():
         if a.only and name not in a.only:
             continue
         t0 = time.perf_counter()
         body = run(quick=a.quick)
+        timings[name] = time.perf_counter() - t0
         md = (f"# {name}\n\nMachine: {machine()}\n\n{body}\n"
-              f"{'Quick' if a.quick else 'Full'} mode; this benchmark took {time.perf_counter() - t0:.0f} s.\n")
+              f"{'Quick' if a.quick else 'Full'} mode; this benchmark took {timings[name]:.0f} s.\n")
         (RESULTS / f"{name}.md").write_text(md)
         print(md)
         print(f"-> {RESULTS / (name + '.md')}", file=sys.stderr)
+    (RESULTS / "timings.json").write_text(json.dumps({"quick": a.quick, "only": a.only, "seconds": timings,
+                                                      "machine": start}, indent=1) + "\n")
+    total = sum(timings.values())
+    print(f"== total {total:.0f} s ({total / 60:.1f} min): " + ", ".join(f"{n} {s:.0f} s" for n, s in timings.items()),
+          file=sys.stderr)
+    if not a.quick and not a.only:
+        summary.write(RESULTS, timings, start)
+        print(f"-> {summary.ROOT / 'BENCHMARKS.md'}", file=sys.stderr)
     return 0
 
 

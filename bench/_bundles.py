@@ -25,6 +25,7 @@ PRETRAINED = ROOT / "runs" / "pretrain" / "model.pt"              # `make train`
 DATA = "animal-mnist"                                            # the project's adaptation task
 LABELS = "Bear,Bird,Cat,Cow,Dog,Elephant,Giraffe,Horse,Sheep,Zebra"
 REAL = "real"  # preset name standing for the adapted checkpoint
+RESULTS = ROOT / "bench" / "results"                             # NAME.md, NAME.json, plots
 
 _tmp: Path | None = None
 _cache: dict = {}
@@ -164,3 +165,12 @@ def timed(fn, *args) -> float:
     t0 = time.perf_counter()
     fn(*args)
     return time.perf_counter() - t0
+
+
+def write_json(name: str, data) -> Path:
+    """bench/results/NAME.json: a benchmark's numbers for the BENCHMARKS.md summary (no markdown parsing)."""
+    import json
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"{name}.json"
+    path.write_text(json.dumps(data, indent=1, default=float) + "\n")
+    return path

@@ -25,30 +25,37 @@ def _resolution(d: Path) -> int:
     return json.loads((d / "manifest.json").read_text())["input"]["shape"][1]
 
 
-def _row(name: str, source: str, res: int, d: Path, r: dict, wall: float, *, accuracy: bool = False) -> str:
+def _row(name: str, source: str, res: int, d: Path, r: dict, wall: float, *, accuracy: bool = False,
+         record: list | None = None) -> str:
     acc = f"{r['float_acc']:.4f} / {r['int8_acc']:.4f}" if accuracy else "n/a"
     tfl = (d / "inference.tflite").stat().st_size
     total = sum(f.stat().st_size for f in d.iterdir())
+    if record is not None:
+        record.append({"preset": name, "weights": source, "px": res, "conversion_s": r["seconds"], "wall_s": wall,
+                       "transposes": _transposes(d / "inference.tflite"), "agreement": r["agreement"], "samples": r["samples"],
+                       "float_acc": r["float_acc"] if accuracy else None, "int8_acc": r["int8_acc"] if accuracy else None,
+                       "logit_rel_rms": r["logit_rel_rms"], "tflite_bytes": tfl, "bundle_bytes": total})
     return (f"| {name} | {source} | {res} | {r['seconds']:.1f} | {wall:.1f} | {_transposes(d / 'inference.tflite')} | "
             f"{r['agreement']:.4f} ({r['samples']}) | {acc} | {r['logit_rel_rms']:.3f} | {tfl:,} | {total:,} |")
 
 
 def run(quick: bool = False) -> str:
     n = 200 if quick else 500  # test images compared for the random models
-    rows, notes = [], []
+    rows, notes, record = [], [], []
     if B.ADAPTED.exists():
         d, r, wall = B.bundle(B.REAL, eval_samples=None)  # the whole test split
-        rows.append(_row("mcunet-tiny", f"`{B.ADAPTED.relative_to(B.ROOT)}`", _resolution(d), d, r, wall, accuracy=True))
+        rows.append(_row("mcunet-tiny", f"`{B.ADAPTED.relative_to(B.ROOT)}`", _resolution(d), d, r, wall, accuracy=True, record=record))
     else:
         notes.append(f"Adapted checkpoint skipped: `{B.ADAPTED.relative_to(B.ROOT)}` is absent; make it with `make adapt`.")
     d, r, wall, src = B.new_task_bundle("tinytl-lb", eval_samples=n)
-    rows.append(_row("mcunet-tiny", src, _resolution(d), d, r, wall))
+    rows.append(_row("mcunet-tiny", src, _resolution(d), d, r, wall, record=record))
     presets = [("mcunet-tiny", 32)] + ([] if quick else [("mbv2-w0.35", BIG_RES), ("proxylessnas-mobile", BIG_RES)])
     for preset, res in presets:
         d, r, wall = B.bundle(preset, res, eval_samples=n)
-        rows.append(_row(preset, "random, realistic BN", res, d, r, wall))
+        rows.append(_row(preset, "random, realistic BN", res, d, r, wall, record=record))
     if quick:
         notes.append("Quick mode: mbv2-w0.35 and proxylessnas-mobile skipped.")
+    B.write_json("convert_fidelity", {"rows": record, "notes": notes})
     head = ["| preset | weights | px | conversion s | convert() wall s | TRANSPOSE | top-1 agreement (images) | "
             "float / int8 accuracy | RMS logit error / spread | .tflite bytes | bundle bytes |",
             "|---|---|---:|---:|---:|---:|---|---|---:|---:|---:|"]

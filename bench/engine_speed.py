@@ -46,7 +46,7 @@ def _lsb(a: np.ndarray, b: np.ndarray) -> tuple[int, int]:
     return int((d.max(1) > 0).sum()), int(d.max())
 
 
-def _bench(name: str, d, repeats: int, k: int) -> tuple[str, str]:
+def _bench(name: str, d, repeats: int, k: int) -> tuple[str, str, dict]:
     from device.engine import Engine
     tfl = (d / "inference.tflite").read_bytes()
     ours, xnn, ref = Engine(d / "inference.tflite"), _litert(tfl, False), _litert(tfl, True)
@@ -67,8 +67,12 @@ def _bench(name: str, d, repeats: int, k: int) -> tuple[str, str]:
     want_ref = np.concatenate([ref(xe[i:i + 1]) for i in range(len(xe))])
     want_xnn = np.concatenate([xnn(xe[i:i + 1]) for i in range(len(xe))])
     pairs = [(got, want_ref), (got_exact, want_ref), (got, want_xnn), (want_ref, want_xnn)]
-    exact = f"| {name} | {len(xe)} | " + " | ".join("{} (max {} LSB)".format(*_lsb(a, b)) for a, b in pairs) + " |"
-    return timing, exact
+    lsb = [_lsb(a, b) for a, b in pairs]
+    exact = f"| {name} | {len(xe)} | " + " | ".join("{} (max {} LSB)".format(*x) for x in lsb) + " |"
+    keys = ("ours_vs_reference", "exact_float_vs_reference", "ours_vs_xnnpack", "reference_vs_xnnpack")
+    data = {"model": name, "px": int(x.shape[1]), "ms_median": med, "ms_all": ms, "images": len(xe),
+            **{key: {"differ": a, "max_lsb": b} for key, (a, b) in zip(keys, lsb)}}
+    return timing, exact, data
 
 
 def run(quick: bool = False) -> str:
@@ -77,11 +81,13 @@ def run(quick: bool = False) -> str:
              [("mcunet-tiny (random)", B.bundle("mcunet-tiny", 32)[0])]
     if not quick:
         models += [(f"{p} (random)", B.bundle(p, BIG_RES)[0]) for p in ("mbv2-w0.35", "proxylessnas-mobile")]
-    timing, exact = [], []
+    timing, exact, data = [], [], []
     for name, d in models:
-        t, e = _bench(name, d, repeats, k)
+        t, e, js = _bench(name, d, repeats, k)
         timing.append(t)
         exact.append(e)
+        data.append(js)
+    B.write_json("engine_speed", {"repeats": repeats, "images_per_repeat": k, "exactness": data})
     note = "" if B.ADAPTED.exists() else \
         f"No adapted checkpoint (`{B.ADAPTED.relative_to(B.ROOT)}`; `make adapt`): mcunet-tiny has random weights (see convert_fidelity). "
     return (f"{note}Batch 1, int8 input from the Animal-MNIST test split, ms per image: median of {repeats} repeats "

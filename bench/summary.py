@@ -1,0 +1,178 @@
+"""BENCHMARKS.md: the machine, each benchmark's key table(s), links, and the goals with verdicts computed from
+the numbers this run measured (bench/results/NAME.json; device_step.md's table, which has no JSON).
+
+    text = summary.write(results_dir, timings, machine_line)    # -> BENCHMARKS.md at the repo root
+
+A verdict is True (met), False (not met) or None (no data: the benchmark or a column is missing, said why).
+"""
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+# benchmark -> (what it measures, indices of its key tables in its .md)
+ABOUT = {
+    "pretrain_speed": ("PyTorch pretraining loop speed against a plain loop", (0,)),
+    "convert_fidelity": ("conversion time, int8-vs-float agreement and sizes per preset", (0,)),
+    "engine_speed": ("int8 inference at batch 1: our engine vs LiteRT, and bit-exactness", (0, 1)),
+    "device_step": ("the batch-1 update step: our device runtime vs PyTorch (and LiteRT's training model)", (0, 1)),
+    "memory_paper": ("training memory in the paper's accounting next to the paper's figures", (0, 1)),
+    "memory_device": ("the device's planned peak SRAM/DRAM per method and profile, and what fits", (0, 2)),
+    "accuracy": ("six methods x two targets x batch 8/1 x three seeds; on-device accuracy beside PyTorch's", (0, 1, 2)),
+}
+MIN_RATIO, MAX_DROP = 3.0, 0.03  # goal (b): "within 3 points of FT-Full at several (>= 3) times less memory"
+
+
+def tables(md: str) -> list[list[str]]:
+    """Markdown tables of `md`: runs of consecutive lines starting with '|'."""
+    out, cur = [], []
+    for line in md.splitlines():
+        if line.startswith("|"):
+            cur.append(line)
+        elif cur:
+            out.append(cur)
+            cur = []
+    if cur:
+        out.append(cur)
+    return out
+
+
+def _cells(line: str) -> list[str]:
+    return [c.strip() for c in line.strip().strip("|").split("|")]
+
+
+def _ms(cell: str) -> float | None:
+    m = re.match(r"\s*([0-9][0-9,]*\.?[0-9]*)", cell)
+    return float(m.group(1).replace(",", "")) if m else None
+
+
+def step_speed(md: str | None) -> dict:
+    """Goal (a) from device_step.md's first table with an 'ours ms' column: ours <= the fastest PyTorch column and
+    <= every LiteRT column, for every method row."""
+    if md is None:
+        return {"met": None, "why": "bench/results/device_step.md missing"}
+    tab = next((t for t in tables(md) if any("ours ms" in c for c in _cells(t[0]))), None)
+    if tab is None:
+        return {"met": None, "why": "no step-time table in device_step.md"}
+    head = [c.lower() for c in _cells(tab[0])]
+    ours = next(i for i, c in enumerate(head) if c.startswith("ours ms"))
+    torch = [i for i, c in enumerate(head) if c.startswith("torch") and c.endswith("ms")]
+    litert = [i for i, c in enumerate(head) if "litert" in c and c.endswith("ms")]
+    rows, met_torch, met_lite = [], True, True
+    for line in tab[2:]:
+        c = _cells(line)
+        o = _ms(c[ours])
+        t = [v for v in (_ms(c[i]) for i in torch) if v is not None]
+        lt = [v for v in (_ms(c[i]) for i in litert) if v is not None]
+        if o is None:
+            continue
+        rows.append({"method": c[0], "ours_ms": o, "torch_ms": min(t) if t else None, "litert_ms": min(lt) if lt else None})
+        met_torch = met_torch and bool(t) and o <= min(t)
+        met_lite = met_lite and bool(lt) and o <= min(lt)
+    if not rows:
+        return {"met": None, "why": "no rows in the step-time table"}
+    if not litert or all(r["litert_ms"] is None for r in rows):
+        return {"met": None if met_torch else False, "torch_met": met_torch, "litert_met": None, "rows": rows,
+                "why": "no LiteRT training-model column in device_step.md (not measured in this run)"}
+    return {"met": met_torch and met_lite, "torch_met": met_torch, "litert_met": met_lite, "rows": rows}
+
+
+def accuracy_goal(acc: dict | None) -> dict:
+    """Goal (b) from accuracy.json: TinyTL-L+B within 3 points of FT-Full at >= 3x less memory, on every target (batch 8)."""
+    if acc is None:
+        return {"met": None, "why": "bench/results/accuracy.json missing"}
+    per = acc.get("goal") or {}
+    if not per:
+        return {"met": None, "why": "no targets in accuracy.json"}
+    verdicts = [g.get("met") for g in per.values()]
+    met = None if any(v is None for v in verdicts) else all(verdicts)
+    return {"met": met, "targets": per, **({"why": "a target lacks FT-Full or TinyTL-L+B runs"} if met is None else {})}
+
+
+def exact_goal(eng: dict | None) -> dict:
+    """Goal (c) from engine_speed.json: our int8 engine byte-exact with LiteRT's reference kernels on every model
+    (exact_float: lite-branch float islands rounded as the reference does; the default mode is reported beside)."""
+    if eng is None:
+        return {"met": None, "why": "bench/results/engine_speed.json missing"}
+    models = eng.get("exactness") or []
+    if not models:
+        return {"met": None, "why": "no exactness rows in engine_speed.json"}
+    return {"met": all(m["exact_float_vs_reference"]["differ"] == 0 for m in models),
+            "default_met": all(m["ours_vs_reference"]["differ"] == 0 for m in models), "models": models}
+
+
+def _num(v: float | None, unit: str = "", missing: str = "-") -> str:
+    return missing if v is None else f"{v:.1f}{unit}"
+
+
+def _verdict(v: bool | None) -> str:
+    return {True: "**met**", False: "**NOT met**", None: "**no data**"}[v]
+
+
+def goals(results: Path) -> tuple[dict, str]:
+    def load(name):
+        p = results / f"{name}.json"
+        return json.loads(p.read_text()) if p.exists() else None
+    step_md = results / "device_step.md"
+    a = step_speed(step_md.read_text() if step_md.exists() else None)
+    b = accuracy_goal(load("accuracy"))
+    c = exact_goal(load("engine_speed"))
+    lines = ["## Goals", "", "Verdicts computed from this run's numbers (bench/summary.py), not typed in.", ""]
+    text = f"(a) Our batch-1 update step at least as fast as PyTorch eager and the LiteRT training model: {_verdict(a['met'])}."
+    if a.get("rows"):
+        text += " " + "; ".join(
+            f"{r['method']}: ours {r['ours_ms']:.1f} ms vs PyTorch {_num(r['torch_ms'], ' ms')} (fastest thread count), "
+            f"LiteRT {_num(r['litert_ms'], ' ms', 'not measured')}" for r in a["rows"]) + f". Against PyTorch alone: {_verdict(a['torch_met'])}"
+        text += f"; against LiteRT: {_verdict(a['litert_met'])}."
+    if a.get("why"):
+        text += f" ({a['why']}.)"
+    lines += [f"- {text}", ""]
+    text = (f"(b) TinyTL-L+B within {100 * MAX_DROP:.0f} points of FT-Full at >= {MIN_RATIO:.0f}x less memory "
+            f"(batch 8, paper's accounting): {_verdict(b['met'])}.")
+    for d, g in (b.get("targets") or {}).items():
+        if g.get("met") is None:
+            text += f" {d}: no data."
+        else:
+            text += (f" {d}: FT-Full {100 * g['full']:.1f}%, L+B {100 * g['lb']:.1f}% ({-g['drop_points']:+.1f} points) at "
+                     f"{g['memory_ratio']:.1f}x less memory -> {'met' if g['met'] else 'not met'}.")
+    if b.get("why"):
+        text += f" ({b['why']}.)"
+    lines += [f"- {text}", ""]
+    text = f"(c) int8 engine bit-exact with LiteRT's reference kernels: {_verdict(c['met'])}."
+    for m in c.get("models") or []:
+        e, d = m["exact_float_vs_reference"], m["ours_vs_reference"]
+        text += (f" {m['model']}: {e['differ']} of {m['images']} images differ with exact_float (max {e['max_lsb']} LSB); "
+                 f"default float islands: {d['differ']} differ (max {d['max_lsb']} LSB).")
+    if c.get("why"):
+        text += f" ({c['why']}.)"
+    lines += [f"- {text}", ""]
+    return {"a": a, "b": b, "c": c}, "\n".join(lines)
+
+
+def write(results: Path, timings: dict[str, float], machine: str, out: Path = ROOT / "BENCHMARKS.md") -> str:
+    total = sum(timings.values())
+    parts = ["# Benchmarks", "", f"Machine: {machine}.", "",
+             f"Written by `python -m bench` (`make bench`) at the end of a full run: every figure below was measured in "
+             f"that one run, {total / 60:.1f} min in all (" + ", ".join(f"{n} {s / 60:.1f} min" for n, s in timings.items())
+             + "). Full tables, notes and sizes: `bench/results/NAME.md`; numbers: `bench/results/NAME.json`.", ""]
+    verdicts, goal_md = goals(results)
+    parts += [goal_md]
+    for name in [n for n in timings if (results / f"{n}.md").exists() or n in ABOUT]:
+        md_path = results / f"{name}.md"
+        what, keys = ABOUT.get(name, (name, (0,)))
+        parts += [f"## {name}", "", f"{what[0].upper()}{what[1:]}. Details: [bench/results/{name}.md](bench/results/{name}.md).", ""]
+        if not md_path.exists():
+            parts += ["(no result file in this run)", ""]
+            continue
+        tabs = tables(md_path.read_text())
+        for k in keys:
+            if k < len(tabs):
+                parts += tabs[k] + [""]
+        if name == "accuracy" and (results / "accuracy_memory.png").exists():
+            parts += ["![accuracy vs memory](bench/results/accuracy_memory.png)", ""]
+    text = "\n".join(parts).rstrip() + "\n"
+    out.write_text(text)
+    (results / "goals.json").write_text(json.dumps(verdicts, indent=1, default=float) + "\n")
+    return text

@@ -1,0 +1,100 @@
+"""Fast checks of the benchmark code: memory_paper's table, the accuracy summary, and BENCHMARKS.md's goal verdicts
+on small synthetic inputs (no training, no conversion)."""
+import json
+
+import pytest
+
+from bench import accuracy, memory_paper, summary
+from train.memory import PAPER_PROXYLESS_MB
+from train.methods import METHODS
+
+
+def test_memory_paper_table_has_proxylessnas_rows_with_ratios_from_the_estimator():
+    est = memory_paper.estimates("proxylessnas-mobile", 224, 102, batches=(8,))[8]
+    text = memory_paper.table(est, PAPER_PROXYLESS_MB)
+    rows = [line for line in text.splitlines()[2:]]
+    assert len(rows) == len(METHODS)
+    for m, line in zip(METHODS, rows):
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        ours, paper = est[m]["total_mb"], PAPER_PROXYLESS_MB[m]
+        assert float(cells[-1]) == pytest.approx(ours / paper, abs=0.006)  # ours / paper, from the estimator
+        assert abs(ours / paper - 1) < 0.10                                  # as tests/test_memory.py pins
+        assert cells[5] == f"{est['ft-full']['total_mb'] / ours:.1f}x"      # x less than FT-Full
+        assert cells[6] == str(paper)
+    assert rows[0].startswith("| FT-Full |") and "1.0x" in rows[0]
+
+
+def _rows(full=(0.90, 0.92, 0.91), lb=(0.89, 0.90, 0.88), data="animal-mnist"):
+    out = []
+    for m, accs, mem in (("ft-full", full, 12.0), ("tinytl-lb", lb, 2.0)):
+        out += [{"data": data, "batch": 8, "method": m, "seed": s, "test_acc": a, "memory_mb": mem} for s, a in enumerate(accs)]
+    return out
+
+
+def test_accuracy_summary_and_goal():
+    s = accuracy.summarize(_rows())
+    full = s["accuracy"]["animal-mnist"]["8"]["ft-full"]
+    assert full["mean"] == pytest.approx(0.91) and full["std"] == pytest.approx(0.01) and (full["min"], full["max"]) == (0.90, 0.92)
+    g = accuracy.goal_lb_vs_full(s)["animal-mnist"]
+    assert g["met"] is True and g["drop_points"] == pytest.approx(2.0) and g["memory_ratio"] == pytest.approx(6.0)
+    assert accuracy.goal_lb_vs_full(accuracy.summarize(_rows(lb=(0.80, 0.80, 0.80))))["animal-mnist"]["met"] is False
+    assert accuracy.goal_lb_vs_full(s, min_ratio=10)["animal-mnist"]["met"] is False  # accurate, but not enough memory saved
+    only_full = accuracy.summarize([r for r in _rows() if r["method"] == "ft-full"])
+    assert accuracy.goal_lb_vs_full(only_full)["animal-mnist"]["met"] is None
+
+
+STEP_MD = """# device_step
+
+| method | ours ms | torch 1 thread ms | torch 2 threads ms | ours / torch 1 thread |
+|---|---|---|---|---:|
+| tinytl-b | 30.0 (25.0..40.0) | 41.0 (40.0..50.0) | 35.5 (30.0..60.0) | 0.73x |
+| tinytl-lb | 50.0 (45.0..60.0) | 58.3 (41.9..94.4) | 120.4 (64.6..180.1) | 0.86x |
+"""
+
+
+def test_step_speed_goal_met_not_met_and_missing():
+    g = summary.step_speed(STEP_MD)
+    assert g["torch_met"] is True and g["litert_met"] is None and g["met"] is None and "LiteRT" in g["why"]
+    assert g["rows"][0] == {"method": "tinytl-b", "ours_ms": 30.0, "torch_ms": 35.5, "litert_ms": None}
+    slow = STEP_MD.replace("| 50.0 (45.0..60.0)", "| 70.0 (45.0..90.0)")
+    assert summary.step_speed(slow)["met"] is False  # slower than PyTorch: not met, whatever LiteRT would say
+    with_lite = STEP_MD.replace("| ours / torch 1 thread |", "| LiteRT train.tflite ms | ours / torch 1 thread |") \
+        .replace("|---:|", "|---|---:|").replace("| 0.73x", "| 31.0 (30..33) | 0.73x").replace("| 0.86x", "| 49.0 (45..50) | 0.86x")
+    g = summary.step_speed(with_lite)
+    assert g["litert_met"] is False and g["met"] is False  # 50.0 > 49.0 on tinytl-lb
+    assert summary.step_speed(with_lite.replace("49.0 (45..50)", "55.0 (45..60)"))["met"] is True
+    assert summary.step_speed(None)["met"] is None
+    assert summary.step_speed("no tables here")["met"] is None
+
+
+def _engine(differ_exact=0, differ_default=4):
+    return {"exactness": [{"model": "mcunet-tiny", "images": 200,
+                           "exact_float_vs_reference": {"differ": differ_exact, "max_lsb": 0 if not differ_exact else 1},
+                           "ours_vs_reference": {"differ": differ_default, "max_lsb": 5}}]}
+
+
+def test_exact_goal():
+    assert summary.exact_goal(_engine())["met"] is True
+    assert summary.exact_goal(_engine())["default_met"] is False
+    assert summary.exact_goal(_engine(differ_exact=1))["met"] is False
+    assert summary.exact_goal(None)["met"] is None and summary.exact_goal({"exactness": []})["met"] is None
+
+
+def test_benchmarks_md_from_synthetic_results(tmp_path):
+    res = tmp_path / "results"
+    res.mkdir()
+    (res / "device_step.md").write_text(STEP_MD)
+    (res / "engine_speed.json").write_text(json.dumps(_engine()))
+    s = accuracy.summarize(_rows() + _rows(lb=(0.5, 0.5, 0.5), data="digits"))
+    (res / "accuracy.json").write_text(json.dumps({"goal": accuracy.goal_lb_vs_full(s)}))
+    (res / "memory_paper.md").write_text("# memory_paper\n\ntext\n\n| a | b |\n|---|---|\n| 1 | 2 |\n")
+    out = tmp_path / "BENCHMARKS.md"
+    text = summary.write(res, {"device_step": 60.0, "memory_paper": 30.0, "accuracy": 600.0}, "x86_64, 2 CPUs", out=out)
+    assert out.read_text() == text and "Machine: x86_64, 2 CPUs." in text and "11.5 min in all" in text
+    goals = text[text.index("## Goals"):text.index("## device_step")]
+    assert "(a) " in goals and "**no data**" in goals.split("(b)")[0]       # LiteRT column missing
+    assert "(b) " in goals and "**NOT met**" in goals.split("(b)")[1].split("(c)")[0]  # digits fails
+    assert "**met**" in goals.split("(c)")[1]
+    assert "| 1 | 2 |" in text and "[bench/results/memory_paper.md]" in text
+    verdicts = json.loads((res / "goals.json").read_text())
+    assert (verdicts["a"]["met"], verdicts["b"]["met"], verdicts["c"]["met"]) == (None, False, True)
