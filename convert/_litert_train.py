@@ -4,12 +4,18 @@ Steps:
 1. Module: the trainable parameters of our Graph become tf.Variables (float32), the frozen ones float32
    constants; Adam's two moments per trainable parameter and the step count are variables too.
 2. Forward: the bundle's own emitter (convert/_tflite.emit_graph), with Primitives whose gradients are
-   builtin-mappable (BuiltinGrad below): TF's ReluGrad, Relu6Grad, DepthwiseConv2dNativeBackpropInput,
-   ResizeBilinearGrad have no TFLite builtin, so those forward ops are wrapped in tf.custom_gradient.
-3. Signatures: train(x, y, lr) -> loss (forward, softmax cross entropy, tf.GradientTape gradients of the
-   variables, torch.optim.Adam update), infer(x) -> logits, save() -> current trainable values,
-   restore(**values) -> {} (assigns the trainable values; Adam moments and step are left as they are).
-   No file IO inside the graph: TF's Save/Restore ops would need Flex.
+   builtin-mappable (BuiltinGrad below), found by converting with TF's own gradients: ReluGrad,
+   Relu6Grad, DepthwiseConv2dNativeBackpropInput and ResizeBilinearGrad have no TFLite builtin, and a
+   grouped conv's Conv2DBackpropInput becomes a TRANSPOSE_CONV that LiteRT refuses at invoke (it has no
+   groups). Those forward ops are wrapped in tf.custom_gradient; everything else keeps TF's gradient
+   (GroupNorm's RsqrtGrad, BiasAddGrad, plain Conv2DBackpropInput -> TRANSPOSE_CONV all legalize).
+   Gradients flow only into activations: frozen weights are constants, so the backward passes here
+   give none for them (the methods served train conv biases and the classifier only; checked).
+3. Signatures: train(x, y, lr) -> loss before the update (forward, softmax cross entropy, tf.GradientTape
+   gradients of the variables, torch.optim.Adam update, bias corrections in float32), infer(x) -> logits,
+   save() -> current trainable values, restore(**values) -> the values read back (it assigns the
+   trainable values; Adam moments and step are left as they are). No file IO inside the graph: TF's
+   Save/Restore ops would need Flex; the caller writes save()'s dict to .npz.
 4. Convert: SavedModel -> TFLiteConverter(signature_keys, TFLITE_BUILTINS only, resource variables),
    then read the op codes of the flatbuffer and refuse any CUSTOM / Flex op.
 """
@@ -166,21 +172,23 @@ class TrainModule(tf.Module):
         super().__init__()
         self.g, self.prims = g, prims
         self.names = trainable_order(g, params)
+        weights = {i for op in g.ops if op.kind in ("conv2d", "group_norm") for i in op.inputs[1:]} - {
+            op.inputs[2] for op in g.ops if op.kind == "conv2d"}  # conv weights, GroupNorm scale and shift
+        if weights & set(self.names):
+            raise ValueError(f"train.tflite trains conv biases and the classifier only, not {sorted(weights & set(self.names))[:3]}")
         self.vars = {n: tf.Variable(params[n].astype(np.float32), name=sanitize(n)) for n in self.names}
         self.m = {n: tf.Variable(tf.zeros_like(params[n], tf.float32), name=sanitize(n) + "_m") for n in self.names}
         self.v = {n: tf.Variable(tf.zeros_like(params[n], tf.float32), name=sanitize(n) + "_v") for n in self.names}
         self.t = tf.Variable(0.0, name="adam_step")  # float32: it only feeds the bias corrections' POW
         self.c = {n: self.vars[n] if n in self.vars else tf.constant(v.astype(np.float32)) for n, v in params.items()}
         shape = g.tensors[g.inputs[0]].shape  # (1, H, W, C)
-        classes = g.tensors[g.outputs[0]].shape[-1]
+        self.classes = g.tensors[g.outputs[0]].shape[-1]
         x = tf.TensorSpec(shape, tf.float32, name="x")
-        self.train = tf.function(self._train, input_signature=[x, tf.TensorSpec((1,), tf.int32, name="y"),
-                                                               tf.TensorSpec((), tf.float32, name="lr")])
-        self.infer = tf.function(self._infer, input_signature=[x])
-        self.save = tf.function(self._save, input_signature=[])
-        self.restore = tf.function(self._restore, input_signature=[
-            tf.TensorSpec(params[n].shape, tf.float32, name=sanitize(n)) for n in self.names])
-        self.classes = classes
+        fn = lambda f, *sig: tf.function(f, input_signature=list(sig), autograph=False)  # no tensor-dependent Python control flow
+        self.train = fn(self._train, x, tf.TensorSpec((1,), tf.int32, name="y"), tf.TensorSpec((), tf.float32, name="lr"))
+        self.infer = fn(self._infer, x)
+        self.save = fn(self._save)
+        self.restore = fn(self._restore, *(tf.TensorSpec(params[n].shape, tf.float32, name=sanitize(n)) for n in self.names))
 
     def _logits(self, x):
         return _tflite.emit_graph(self.g, self.c, x, self.prims)
