@@ -114,19 +114,22 @@ def bundle(preset: str, res: int | None = None, *, eval_samples: int | None = 50
     return _cache[key]
 
 
-def new_task_bundle(method: str, *, eval_samples: int | None = 500) -> tuple[Path, dict, float, str]:
+def new_task_bundle(method: str, *, eval_samples: int | None = 500, litert_training: bool = False) -> tuple[Path, dict, float, str]:
     """(bundle dir, convert() result, seconds, where it came from): the pretrained checkpoint with a fresh
     10-class Animal-MNIST head, as `python -m convert --checkpoint runs/pretrain/model.pt --method M
-    --classes 10 --labels ... --data animal-mnist`; a random adapted mcunet-tiny if that file is absent."""
+    --classes 10 --labels ... --data animal-mnist`; a random adapted mcunet-tiny if that file is absent.
+    litert_training: also train.tflite (`--litert-training`; a bundle with it serves callers without too)."""
     key = ("new-task", method)
+    if key in _cache and litert_training and not (_cache[key][0] / "train.tflite").exists():
+        del _cache[key]  # converted earlier without the peer
     if key not in _cache:
-        out = tmpdir() / f"newtask-{method}"
+        out = tmpdir() / f"newtask-{method}{'-peer' if litert_training else ''}"
         if PRETRAINED.exists():
             r = _convert(PRETRAINED, out, eval_samples=eval_samples, method=method, classes=10,
-                         labels=tuple(LABELS.split(",")), data=DATA)
+                         labels=tuple(LABELS.split(",")), data=DATA, litert_training=litert_training)
             src = f"`{PRETRAINED.relative_to(ROOT)}` + fresh head"
         else:
-            r = _convert(checkpoint("mcunet-tiny", 32, method), out, eval_samples=eval_samples)
+            r = _convert(checkpoint("mcunet-tiny", 32, method), out, eval_samples=eval_samples, litert_training=litert_training)
             src = "random mcunet-tiny (runs/pretrain/model.pt absent: `make train`)"
         _cache[key] = (*r, src)
     return _cache[key]

@@ -1,10 +1,14 @@
 """Batch-1 on-device training step: our runtime (`device.trainer.Trainer`) vs PyTorch eager doing the
-same step on the float model; planned memory vs what autograd keeps; RSS over a long `device train`.
+same step on the float model, and LiteRT's own training peer (`convert --litert-training`: train.tflite,
+run by the stock interpreter, tinytl-b and ft-last only); planned memory vs what autograd keeps; RSS over a
+long `device train`.
 
 Same step both sides: TinyTL method applied (train.methods.apply_method), BN frozen (set_adapt_mode),
 Adam lr 1e-3, one image, forward + cross entropy + backward + update. Inputs are the same int8 images
-(PyTorch gets them dequantized, NCHW). Runtimes alternate within each repeat (ours, torch 1 thread as
-`train adapt` uses at batch <= 16, torch with all threads).
+(PyTorch and LiteRT get them dequantized, NCHW and NHWC). Runtimes alternate within each repeat (ours,
+torch 1 thread as `train adapt` uses at batch <= 16, torch with all threads, LiteRT 1 thread). The loss
+column is each side's loss at step k of the warm-up pass, where all start from the same parameters
+(torch: the 1-thread pass; the all-threads pass continues the same model).
 
 Memory. Ours: the step's planned arena (`trainer.plan.peak`: activations, saved tensors, ReLU masks,
 gradients, scratch, trainable parameters and Adam state; frozen weights stay in the .tflite, in flash).
@@ -76,7 +80,9 @@ def _step_compare(method: str, repeats: int, k: int) -> tuple[str, str, str]:
     from device.bundle import load_bundle
     from device.optim import OptimConfig
     from device.trainer import Trainer
-    d, _, _, src = B.new_task_bundle(method)
+    from convert._litert_train import METHODS as PEER_METHODS, LiteRTTrainer
+    peer = method in PEER_METHODS
+    d, _, _, src = B.new_task_bundle(method, litert_training=peer)
     m = load_bundle(d).manifest["input"]
     xq = B.quantized_inputs(d, k, "train")
     yy = B.dataset().train.y[:k]
@@ -85,31 +91,46 @@ def _step_compare(method: str, repeats: int, k: int) -> tuple[str, str, str]:
     tr = Trainer(load_bundle(d), OptimConfig("adam", lr=LR, schedule="constant"))
     tstep, model = _torch_step(d, method)
     threads = torch.get_num_threads()
+    last: dict[str, float] = {}  # side -> loss of its latest step
 
     def ours() -> None:
         for i in range(k):
-            tr.step(xq[i:i + 1], int(yy[i]))
+            last["ours"] = tr.step(xq[i:i + 1], int(yy[i]))[0]
 
-    def torch_n(n: int):
+    def torch_n(n: int, side: str):
         def go() -> None:
             torch.set_num_threads(n)
             try:
                 for i in range(k):
-                    tstep(xt[i:i + 1], torch.tensor([int(yy[i])]))
+                    last[side] = tstep(xt[i:i + 1], torch.tensor([int(yy[i])]))
             finally:
                 torch.set_num_threads(threads)
         return go
-    sides = {"ours": ours, "torch 1 thread": torch_n(1), f"torch {threads} threads": torch_n(threads)}
+    sides = {"ours": ours, "torch 1 thread": torch_n(1, "torch 1 thread"),
+             f"torch {threads} threads": torch_n(threads, f"torch {threads} threads")}
+    if peer:
+        man = load_bundle(d).manifest["litert_training"]
+        lite = LiteRTTrainer(d / man["file"], man["params"], threads=1)
+        xf = xt.permute(0, 2, 3, 1).contiguous().numpy()  # NHWC float, the same values torch gets
+
+        def litert() -> None:
+            for i in range(k):
+                last["LiteRT train.tflite"] = lite.step(xf[i:i + 1], int(yy[i]), LR)
+        sides["LiteRT train.tflite"] = litert
     for go in sides.values():
-        go()  # warm-up
+        go()  # warm-up: k steps from the same start (the second torch pass continues the first's model)
+    loss = dict(last)
     ms = {n: [] for n in sides}
     for _ in range(repeats):
         for n, go in sides.items():
             ms[n].append(1e3 * B.timed(go) / k)
     med = {n: statistics.median(v) for n, v in ms.items()}
     one = med["torch 1 thread"]
-    timing = (f"| {method} | " + " | ".join(f"{med[n]:.1f} ({min(v):.1f}..{max(v):.1f})" for n, v in ms.items())
-              + f" | {med['ours'] / one:.2f}x |")
+    cell = {n: f"{med[n]:.1f} ({min(v):.1f}..{max(v):.1f})" for n, v in ms.items()}
+    lt = "LiteRT train.tflite"
+    losses = " / ".join(f"{loss[n]:.4f}" if n in loss else "n/a" for n in ("ours", "torch 1 thread", lt))
+    timing = (f"| {method} | " + " | ".join(cell.get(n, "n/a (peer: tinytl-b, ft-last)") for n in (*list(ms)[:3], lt))
+              + f" | {med['ours'] / one:.2f}x | " + (f"{med[lt] / med['ours']:.2f}x" if lt in med else "n/a") + f" | {losses} |")
     pt = _torch_memory(model, xt[:1], torch.tensor([int(yy[0])]))
     kinds: dict[str, int] = {}
     for b in tr.plan.buffers:
@@ -178,7 +199,7 @@ def _soak(steps: int) -> str:
 
 def run(quick: bool = False) -> str:
     repeats, k, steps = (5, 10, 500) if quick else (7, 20, 10_000)
-    methods = ["tinytl-lb"] if quick else ["tinytl-lb", "tinytl-b"]
+    methods = ["tinytl-lb", "tinytl-b"]
     timing, memory = [], []
     for method in methods:
         t, m, src = _step_compare(method, repeats, k)
@@ -187,9 +208,11 @@ def run(quick: bool = False) -> str:
     threads = torch.get_num_threads()
     return (f"Bundles: {src} for Animal-MNIST (10 classes), converted per method. "
             f"ms per step, median of {repeats} repeats of {k} steps (min..max), alternating; Adam lr {LR}, batch 1."
-            + (" Quick mode: TinyTL-B skipped." if quick else "") + "\n\n"
-            f"| method | ours ms | torch 1 thread ms | torch {threads} threads ms | ours / torch 1 thread |\n"
-            "|---|---|---|---|---:|\n" + "\n".join(timing) + "\n\n"
+            + " LiteRT: the bundle's train.tflite (`convert --litert-training`) in the stock interpreter, 1 thread; "
+            f"loss: each side's loss at step {k} from the same start.\n\n"
+            f"| method | ours ms | torch 1 thread ms | torch {threads} threads ms | LiteRT train.tflite ms | "
+            "ours / torch 1 thread | LiteRT / ours | loss ours / torch / LiteRT |\n"
+            "|---|---|---|---|---|---:|---:|---|\n" + "\n".join(timing) + "\n\n"
             "Memory of one step, KB. Ours: planned arena peak, and the plan's bytes summed by kind (not all live at "
             "once). PyTorch: autograd-saved activations + trainable parameters, gradients and Adam state (a lower "
             "bound: transient buffers not counted); frozen weights autograd also holds are shown apart.\n\n"
