@@ -80,7 +80,8 @@ def _step_compare(method: str, repeats: int, k: int) -> tuple[str, str, str]:
     from device.bundle import load_bundle
     from device.optim import OptimConfig
     from device.trainer import Trainer
-    from convert import LITERT_METHODS as PEER_METHODS, LiteRTTrainer
+    from convert import LITERT_METHODS as PEER_METHODS
+    from device import LiteRTTrainer
     peer = method in PEER_METHODS
     d, _, _, src = B.new_task_bundle(method, litert_training=peer)
     m = load_bundle(d).manifest["input"]

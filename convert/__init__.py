@@ -4,9 +4,11 @@ device-learned parameters back into a stock int8 .tflite.
     from convert import ConvertConfig, convert, merge
     convert(ConvertConfig(checkpoint="runs/adapt/model.pt", out="bundle"))
     merge("bundle", "trained.npz", "adapted.tflite")
-    LiteRTTrainer("bundle/train.tflite", names).step(x, y, lr)   # the --litert-training peer
+
+`ConvertConfig(..., litert_training=True)` also writes train.tflite (LITERT_METHODS only), driven on the
+host or a board by device.LiteRTTrainer.
 """
-__all__ = ["ConvertConfig", "DEVICE_METHODS", "LITERT_METHODS", "LiteRTTrainer", "convert", "last_blocks", "merge"]
+__all__ = ["ConvertConfig", "DEVICE_METHODS", "LITERT_METHODS", "convert", "last_blocks", "merge"]
 
 
 def __getattr__(name: str):
@@ -14,9 +16,9 @@ def __getattr__(name: str):
     if name in ("ConvertConfig", "DEVICE_METHODS", "convert", "last_blocks"):
         from . import _bundle
         return getattr(_bundle, name)
-    if name in ("LiteRTTrainer", "LITERT_METHODS"):
+    if name == "LITERT_METHODS":
         from . import _litert_train
-        return _litert_train.LiteRTTrainer if name == "LiteRTTrainer" else _litert_train.METHODS
+        return _litert_train.METHODS
     if name == "merge":
         from ._merge import merge
         return merge

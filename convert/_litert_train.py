@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import math
 import os
-import re
 import tempfile
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -32,10 +31,10 @@ import numpy as np
 import tensorflow as tf
 
 from device.graph import Graph
+from device.litert_peer import SIGNATURES, sanitize  # the signature keys the device-side runner reads
 from . import _tflite
 
 METHODS = ("tinytl-b", "ft-last")
-SIGNATURES = ("train", "infer", "save", "restore")
 BETAS, EPS = (0.9, 0.999), 1e-8  # torch.optim.Adam defaults, as device/optim.py
 
 
@@ -43,9 +42,6 @@ class NotBuiltinError(ValueError):
     """The converted training graph holds an op the stock LiteRT interpreter lacks (custom or Flex)."""
 
 
-def sanitize(name: str) -> str:
-    """A parameter name as a signature input/output key ('blocks.0.project.bias' -> 'blocks_0_project_bias')."""
-    return re.sub(r"[^A-Za-z0-9_]", "_", name)
 
 
 def _mask_grad(fwd, mask):
@@ -249,40 +245,3 @@ def op_names(model: bytes) -> set[str]:
         name = names.get(code, f"BUILTIN_{code}")
         out.add(f"CUSTOM:{(oc.customCode or b'').decode()}" if name == "CUSTOM" else name)
     return out
-
-
-class LiteRTTrainer:
-    """Drive a train.tflite with the stock LiteRT interpreter (signature runners share its variables).
-
-        tr = LiteRTTrainer("bundle/train.tflite", names)   # names: the manifest's litert_training.params
-        loss = tr.step(x, y, lr)                            # x: float32 (1, H, W, C) normalized; y: class
-        np.savez("trained.npz", **tr.save())
-    """
-
-    def __init__(self, path, names: list[str] | None = None, *, threads: int | None = None):
-        from ai_edge_litert.interpreter import Interpreter
-        self.it = Interpreter(model_path=str(path), num_threads=threads)
-        self.run = {k: self.it.get_signature_runner(k) for k in SIGNATURES}
-        self.shape = tuple(self.it.get_signature_runner("infer").get_input_details()["x"]["shape"])
-        self.names = list(names) if names else None
-
-    def _x(self, x) -> np.ndarray:
-        return np.asarray(x, np.float32).reshape(self.shape)
-
-    def step(self, x, y: int, lr: float) -> float:
-        """One Adam step on one image; the loss before the update."""
-        return float(self.run["train"](x=self._x(x), y=np.array([y], np.int32), lr=np.float32(lr))["loss"])
-
-    def infer(self, x) -> np.ndarray:
-        return self.run["infer"](x=self._x(x))["logits"]
-
-    def save(self) -> dict[str, np.ndarray]:
-        """Current trainable values, by parameter name in save() order (by signature key without names)."""
-        out = self.run["save"]()  # keys come back sorted
-        if self.names is None:
-            return {k: np.array(v) for k, v in out.items()}
-        return {n: np.array(out[sanitize(n)]) for n in self.names}
-
-    def restore(self, values: dict[str, np.ndarray]) -> None:
-        """Assign the trainable parameters (Adam moments and step are kept)."""
-        self.run["restore"](**{sanitize(k): np.asarray(v, np.float32) for k, v in values.items()})

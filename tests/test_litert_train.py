@@ -24,6 +24,7 @@ from torch import nn
 
 from convert import _litert_train as L
 from convert._build import build_graph, graph_param_name, mark_trainable
+from device import LiteRTTrainer
 from device.bundle import load_bundle
 from train.checkpoint import save_checkpoint
 from train.data import Preprocess, load_dataset
@@ -71,7 +72,7 @@ def _torch_steps(model: nn.Module, method: str, x: np.ndarray, y: np.ndarray) ->
     return losses, {graph_param_name(n): (p.detach() - before[n]).numpy() for n, p in trained.items()}
 
 
-def _check_steps(tr: L.LiteRTTrainer, model: nn.Module, method: str, x: np.ndarray, y: np.ndarray) -> None:
+def _check_steps(tr: LiteRTTrainer, model: nn.Module, method: str, x: np.ndarray, y: np.ndarray) -> None:
     before = tr.save()
     losses = [tr.step(x[i:i + 1], int(y[i]), LR) for i in range(len(x))]
     after = tr.save()
@@ -96,14 +97,14 @@ def test_infer_matches_pytorch(lite_peer, digits):
     x = _x(digits, 32, 1, 8, "test")
     with torch.no_grad():
         ref = model(torch.from_numpy(x).permute(0, 3, 1, 2)).numpy()
-    tr = L.LiteRTTrainer(path)
+    tr = LiteRTTrainer(path)
     got = np.concatenate([tr.infer(x[i:i + 1]) for i in range(len(x))])
     assert np.abs(got - ref).max() <= 1e-4 * np.abs(ref).max()
 
 
 def test_train_matches_pytorch_adam_and_restores(lite_peer, digits):
     model, path, names = lite_peer
-    tr = L.LiteRTTrainer(path, names)
+    tr = LiteRTTrainer(path, names)
     start = tr.save()
     assert list(start) == names and any(n.endswith(".bias") and n.startswith("blocks.") for n in names)
     _check_steps(tr, model, "tinytl-b", _x(digits, 32, 1, 3), digits.train.y[:3])
@@ -135,7 +136,7 @@ def test_cli_ft_last_bundle_without_lite_branches(tmp_path, digits, capsys):
     assert "train.tflite" in b.manifest["files"] and entry["file"] == "train.tflite"
     assert entry["signatures"] == list(L.SIGNATURES) and set(entry["params"]) == set(b.trainable)
     assert entry["params"] == ["classifier.weight", "classifier.bias"]
-    tr = L.LiteRTTrainer(tmp_path / "b" / "train.tflite", entry["params"])
+    tr = LiteRTTrainer(tmp_path / "b" / "train.tflite", entry["params"])
     np.testing.assert_array_equal(tr.save()["classifier.weight"], b.trainable["classifier.weight"])
     # the same fresh head PyTorch-side: load_model seeds it as convert did
     ref, _ = load_model(ConvertConfig(checkpoint=str(tmp_path / "pre.pt"), out="-", method="ft-last", classes=3))
