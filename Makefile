@@ -89,15 +89,12 @@ simulate: train $(TRAIN_NPZ)
 	$(BIN)/python -m device export --bundle $(NEWTASK) --checkpoint-dir $(SIM)/checkpoints --out $(SIM)/trained.npz
 	$(BIN)/python -m convert merge --bundle $(NEWTASK) --trained $(SIM)/trained.npz --out $(SIM)/adapted.tflite --force
 	@echo "== the merged stock int8 .tflite, run by LiteRT on the whole Animal-MNIST test split:"
-	$(BIN)/python -m device eval --bundle $(NEWTASK) --tflite $(SIM)/adapted.tflite --data $(TEST_NPZ) --engine litert
+	$(BIN)/python -m device eval --bundle $(NEWTASK) --tflite $(SIM)/adapted.tflite --data $(TEST_NPZ) --engine litert \
+	  > $(SIM)/litert_eval.txt && cat $(SIM)/litert_eval.txt
 
 demo:
 	@start=$$(date +%s); $(MAKE) --no-print-directory convert simulate || exit $$?; \
-	echo "== demo finished in $$(( $$(date +%s) - start )) s:"; \
-	echo "   pretrained model    $(RUNS)/pretrain/model.pt (+ model.json)"; \
-	echo "   adaptation report   results/adapt.md, plot results/adapt.png"; \
-	echo "   int8 bundle         $(RUNS)/bundle/ (conversion report: $(RUNS)/bundle/report.md)"; \
-	echo "   MCU simulation      $(SIM)/report.md (plots: $(SIM)/*.png), merged model $(SIM)/adapted.tflite"
+	$(BIN)/python -m bench.demo_summary --runs $(RUNS) --results results --sim $(SIM) --seconds $$(( $$(date +%s) - start ))
 
 bench: setup
 	$(BIN)/python -m bench

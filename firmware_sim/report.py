@@ -7,6 +7,7 @@ step. `timeline()` is the data both are drawn from, so a test can check it again
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from device.planner import Plan, live_bytes_timeline, peak_step
@@ -123,4 +124,9 @@ def write_run_report(r: dict, out: Path) -> Path:
     lines += ["", f"Checkpoints readable at the end: {', '.join(r['checkpoints']) or 'none'}", ""]
     path = out / "report.md"
     path.write_text("\n".join(lines))
+    summary = {"profile": p.name, "bundle": r["bundle"], "method": r["method"], "trainables": cfg.trainables, "steps": cfg.steps,
+               "region": region, "peak_bytes": plan.peak[region], "budget_bytes": r["budget"], "weights_bytes": r["weights_bytes"],
+               "final_accuracy": r["curve"][-1][1], "eval_samples": r["eval_samples"], "curve": [[st, a, None if l != l else l] for st, a, l in r["curve"]],  # NaN: no loss yet
+               "step_ms_est": 1e3 * r["step_seconds_est"], "host_ms_per_step": r["host_ms_per_step"], "power_losses": len(r["events"])}
+    (out / "results.json").write_text(json.dumps(summary, indent=1) + "\n")  # the numbers above, for scripts
     return path
