@@ -53,7 +53,7 @@ def measure(quick: bool) -> dict:
         bundles[kind] = load_bundle(d)
     res = bundles["tinytl-b"].manifest["input"]["shape"][1]
     weights = {k: target._const_bytes(b) for k, b in bundles.items()}  # noqa: SLF001  flash image bytes, as fit.py
-    profiles = sorted((load_profile(p) for p in list_profiles()), key=lambda p: (p.kind != "mcu", sum(p.budgets.values())))
+    profiles = sorted((load_profile(p) for p in list_profiles()), key=lambda p: (p.kind != "mcu", p.budgets[p.step_region]))
     peaks = {}  # (optimizer, method, region) -> bytes
     for opt in OPTIMIZERS:
         for m in METHODS:

@@ -63,6 +63,9 @@ def test_step_speed_goal_met_not_met_and_missing():
     g = summary.step_speed(with_lite)
     assert g["litert_met"] is False and g["met"] is False  # 50.0 > 49.0 on tinytl-lb
     assert summary.step_speed(with_lite.replace("49.0 (45..50)", "55.0 (45..60)"))["met"] is True
+    partial = with_lite.replace("49.0 (45..50)", "n/a (peer: tinytl-b, ft-last)")  # LiteRT covers one method only
+    g = summary.step_speed(partial)
+    assert g["met"] is True and g["rows"][1]["litert_ms"] is None
     assert summary.step_speed(None)["met"] is None
     assert summary.step_speed("no tables here")["met"] is None
 
