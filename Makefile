@@ -78,10 +78,12 @@ simulate: train $(TRAIN_NPZ)
 	$(BIN)/python -m convert --checkpoint $(RUNS)/pretrain/model.pt --method tinytl-lb --classes 10 --labels $(ANIMALS) \
 	  --data animal-mnist --eval-samples 500 --out $(NEWTASK) --force
 	@echo "== its full L+B update (lite-branch weights + their gradients and optimizer state) on mcu-256k: refused before any step"
-	! $(BIN)/python -m firmware_sim run --bundle $(NEWTASK) --profile mcu-256k --steps 1 --out $(RUNS)/sim/tinytl-lb-full --data $(TRAIN_NPZ)
+	@# exit code 3 is the simulator's refusal; anything else (a crash, a run that went ahead) fails the demo
+	$(BIN)/python -m firmware_sim run --bundle $(NEWTASK) --profile mcu-256k --steps 1 --out $(RUNS)/sim/tinytl-lb-full \
+	  --data $(TRAIN_NPZ); test $$? -eq 3
 	@echo "== FT-Full on the same target: refused before any step"
-	! $(BIN)/python -m firmware_sim run --bundle $(NEWTASK) --profile mcu-256k --steps 1 --trainables ft-full \
-	  --out $(RUNS)/sim/ft-full --data $(TRAIN_NPZ)
+	$(BIN)/python -m firmware_sim run --bundle $(NEWTASK) --profile mcu-256k --steps 1 --trainables ft-full \
+	  --out $(RUNS)/sim/ft-full --data $(TRAIN_NPZ); test $$? -eq 3
 	@echo "== what fits: the biases learn (TinyTL-B update), the pretrained lite branches stay in the graph, frozen"
 	rm -rf $(SIM)  # a fresh run: the simulator will not mix its checkpoints with an earlier run's
 	$(BIN)/python -m firmware_sim run --bundle $(NEWTASK) --profile mcu-256k --trainables tinytl-b --steps 500 --out $(SIM) \
