@@ -7,6 +7,12 @@ trainable.json (numpy + json readable, see device/bundle.py):
                    "quantized": int8/int32 there (requantize on merge) or float (island)}
   ops             graph ops that use a trainable parameter, each with its taps:
                   reads/writes = inference.tflite tensor indices of its activation input/output (null: fused)
+  frozen          [{name, shape, dtype, op, key}]: the FROZEN GroupNorm gamma/beta, float32, stored in
+                  trainable.npz under key 'frozen/<name>'. The device's backward through a frozen GroupNorm
+                  needs gamma, and the .tflite cannot be trusted to hold it: TensorFlow's converter drops a
+                  MUL by an all-ones constant and an ADD of an all-zeros one (a lite branch's norm1 at
+                  its init, gamma = 1 and beta = 0), and may fold constants otherwise. Trainable ones are
+                  kept there by _tflite._unsplat; frozen ones are shipped here, exactly as converted.
 """
 from __future__ import annotations
 
@@ -14,12 +20,13 @@ from typing import Any
 
 import numpy as np
 
+from device.bundle import FROZEN_PREFIX
 from device.graph import Graph, to_dict
 from device.requant import to_tflite_layout as _to_tflite_layout
 from . import _tflite
 
 FORMAT = "tinytl-trainable"
-VERSION = 1
+VERSION = 2  # 2: frozen GroupNorm parameters shipped (FROZEN_PREFIX)
 # our parameter layout -> the .tflite buffer's layout
 LAYOUTS = {"conv2d.weight": "HWIO -> OHWI (CONV_2D) or 1HWO (DEPTHWISE_CONV_2D)",
            "fully_connected.weight": "(Cout, Cin), same", "bias": "(Cout,), same", "group_norm": "(C,), same"}
@@ -108,6 +115,17 @@ def trainable_spec(g: Graph, params: dict[str, np.ndarray], model: bytes, method
                         "writes": {t: _tflite.tensor_index(names, t, produced) for t in op.outputs}})
     plist = [{"name": n, "shape": list(g.tensors[n].shape), "dtype": "float32", "op": uses[n].outputs[0], "slot": slots[n]}
              for n in sorted(slots, key=list(g.tensors).index)]
+    frozen = frozen_norm_params(g)
+    flist = [{"name": n, "shape": list(g.tensors[n].shape), "dtype": "float32", "op": op, "key": FROZEN_PREFIX + n}
+             for n, op in frozen.items()]
     spec = {"format": FORMAT, "version": VERSION, "method": method, "layouts": LAYOUTS, "params": plist, "ops": ops,
-            "graph": to_dict(g)}
-    return spec, {p["name"]: params[p["name"]].astype(np.float32) for p in plist}
+            "frozen": flist, "graph": to_dict(g)}
+    arrays = {p["name"]: params[p["name"]].astype(np.float32) for p in plist}
+    arrays.update({f["key"]: np.asarray(params[f["name"]], np.float32).reshape(f["shape"]) for f in flist})
+    return spec, arrays
+
+
+def frozen_norm_params(g: Graph) -> dict[str, str]:
+    """Frozen GroupNorm gamma/beta of the graph -> the norm's output tensor, in graph order."""
+    return {t: op.outputs[0] for op in g.ops if op.kind == "group_norm"
+            for t in op.inputs[1:3] if g.tensors[t].const and not g.tensors[t].trainable}

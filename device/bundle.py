@@ -2,13 +2,18 @@
 
 Checks, in order: manifest format and version; every listed file present with its SHA-256 (a
 mismatch names the file); the trainable graph verifies; the trainable parameters' shapes/dtypes match
-the manifest and the graph. Any failure is a BundleError with a one-line message.
+the manifest and the graph; the frozen GroupNorm parameters (trainable.npz keys 'frozen/<name>', listed
+in trainable.json 'frozen') are there for every GroupNorm whose gamma/beta does not train. Any failure
+is a BundleError with a one-line message.
+
+Versions: 2 ships the frozen GroupNorm parameters (the backward needs gamma, and TensorFlow's converter
+may drop it from inference.tflite: x * 1 and x + 0 are folded away); version 1 bundles lack them: re-convert.
 """
 from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -17,9 +22,10 @@ import numpy as np
 from .graph import Graph, GraphError, from_dict, verify
 
 BUNDLE_FORMAT = "tinytl-bundle"
-BUNDLE_VERSION = 1
+BUNDLE_VERSION = 2
 MANIFEST = "manifest.json"
 REQUIRED = ("inference.tflite", "trainable.json", "trainable.npz")
+FROZEN_PREFIX = "frozen/"  # trainable.npz key of a frozen (non-learning) parameter the backward needs
 
 
 class BundleError(Exception):
@@ -33,6 +39,7 @@ class Bundle:
     graph: Graph                        # the float graph, trainable flags set (device/graph.py)
     trainable: dict[str, np.ndarray]    # name -> float32 value, layouts as in device/graph.py
     spec: dict[str, Any]                # trainable.json: params with their .tflite slots, ops with taps
+    frozen: dict[str, np.ndarray] = field(default_factory=dict)  # frozen GroupNorm gamma/beta, float32 (C,)
 
     @property
     def tflite_path(self) -> Path:
@@ -86,9 +93,11 @@ def load_bundle(path: str | Path) -> Bundle:
     except (GraphError, KeyError, TypeError) as e:
         raise BundleError(f"{path / 'trainable.json'}: bad graph ({e})") from None
     with np.load(path / "trainable.npz", allow_pickle=False) as z:
-        trainable = {k: z[k] for k in z.files}
+        trainable = {k: z[k] for k in z.files if not k.startswith(FROZEN_PREFIX)}
+        frozen = {k[len(FROZEN_PREFIX):]: z[k] for k in z.files if k.startswith(FROZEN_PREFIX)}
     _check_params(path, m, spec, graph, trainable)
-    return Bundle(path, m, graph, trainable, spec)
+    _check_frozen(path, spec, graph, frozen)
+    return Bundle(path, m, graph, trainable, spec, frozen)
 
 
 def _check_params(path: Path, m: dict, spec: dict, graph: Graph, values: dict[str, np.ndarray]) -> None:
@@ -104,6 +113,22 @@ def _check_params(path: Path, m: dict, spec: dict, graph: Graph, values: dict[st
             raise BundleError(f"{path / 'trainable.json'}: parameter '{name}' is not a trainable graph tensor of shape {p['shape']}")
     if [p["name"] for p in spec.get("params", [])] != list(listed):
         raise BundleError(f"{path / 'trainable.json'}: its parameter list differs from the manifest's")
+
+
+def _check_frozen(path: Path, spec: dict, graph: Graph, values: dict[str, np.ndarray]) -> None:
+    listed = {f["name"] for f in spec.get("frozen", [])}
+    if listed != set(values):
+        raise BundleError(f"{path / 'trainable.npz'}: holds {sorted(set(values) - listed)[:3]} extra / "
+                          f"{sorted(listed - set(values))[:3]} missing frozen parameters vs trainable.json")
+    for name, v in values.items():
+        t = graph.tensors.get(name)
+        if t is None or not t.const or t.trainable or tuple(v.shape) != t.shape or v.dtype != np.float32:
+            raise BundleError(f"{path / 'trainable.npz'}: frozen '{name}' ({v.dtype}{list(v.shape)}) is not a frozen "
+                              f"float32 parameter of the graph")
+    need = [t for op in graph.ops if op.kind == "group_norm" for t in op.inputs[1:3]
+            if graph.tensors[t].const and not graph.tensors[t].trainable and t not in values]
+    if need:
+        raise BundleError(f"{path / 'trainable.npz'}: lacks frozen GroupNorm parameter(s) {need[:3]} (re-convert the bundle)")
 
 
 def save_trained(path: str | Path, params: dict[str, np.ndarray]) -> None:

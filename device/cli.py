@@ -121,6 +121,9 @@ def cmd_inspect(a) -> None:
     print(f"trainable: {len(tr.names)} tensors, {n:,} parameters ({4 * n:,} bytes float32)")
     for p in b.spec["params"]:
         print(f"  {p['name']:<32} {str(p['shape']):<16} -> .tflite op {p['slot']['op']} {p['slot']['op_name']} input {p['slot']['input']} ({p['slot']['dtype']})")
+    if b.frozen:
+        print(f"frozen GroupNorm parameters shipped for the backward: {len(b.frozen)} tensors, "
+              f"{sum(v.size for v in b.frozen.values()):,} float32 values (trainable.npz 'frozen/...')")
     print(_plan_summary(tr))
 
 

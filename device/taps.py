@@ -5,7 +5,9 @@ The converter names every TF op of graph op X "X/...", its result "X/out", and t
 and its ReLU6 share one int8 tensor). So:
   tensor_index   graph tensor -> .tflite tensor (exact 'X/out' first, else the last one produced in 'X/')
   frozen weights dequantized from the producing op's filter, back in our layout (HWIO / (Cout, Cin))
-  GroupNorm affine: the constant (C,) input of the MUL 'X/mul_2' (gamma) and the ADD 'X/out' (beta)
+  frozen GroupNorm gamma/beta: NOT from the .tflite (TensorFlow's converter drops a MUL by all-ones and an
+    ADD of all-zeros, a lite branch norm's init values, so the constant may be gone); the bundle ships
+    them in float32 (trainable.npz 'frozen/<name>', device/bundle.py), passed in as `frozen`
 """
 from __future__ import annotations
 
@@ -46,8 +48,9 @@ def dequantize(t, q: np.ndarray) -> np.ndarray:
 class Taps:
     """Graph tensor -> .tflite tensor index and producing step; frozen parameters as float32, our layouts."""
 
-    def __init__(self, graph: Graph, engine):
+    def __init__(self, graph: Graph, engine, frozen: dict[str, np.ndarray] | None = None):
         self.graph = graph
+        self.frozen = dict(frozen or {})  # the bundle's frozen GroupNorm parameters (Bundle.frozen)
         tensors = engine.tensors
         names = {t.index: t.name for t in tensors}
         m = engine.model
@@ -76,7 +79,8 @@ class Taps:
         return dequantize(self._engine.tensors[i], env[i])
 
     def frozen_param(self, op, pos: int) -> np.ndarray:
-        """Value of op.inputs[pos] (a frozen parameter) in our layout, read from the .tflite."""
+        """Value of op.inputs[pos] (a frozen parameter) in our layout: a conv/FC weight or bias read from the
+        .tflite, a GroupNorm gamma/beta as the bundle ships it."""
         g = self.graph
         pname = op.inputs[pos]
         shape = g.tensors[pname].shape
@@ -87,19 +91,12 @@ class Taps:
             kind = "conv_weight" if op.kind == "conv2d" and pos == 1 else "plain"
             v = from_tflite_layout(v, kind, shape)
         elif op.kind == "group_norm":
-            key = f"{op.outputs[0]}/{'mul_2' if pos == 1 else OUT}"
-            v = None
-            for top in self._engine.model.ops:
-                if any(key in self._names[o].split(";") for o in top.outputs):
-                    consts = [i for i in top.inputs if i >= 0 and self._engine.tensors[i].data is not None
-                              and self._engine.tensors[i].data.size == shape[0]]
-                    if consts:
-                        t = self._engine.tensors[consts[-1]]
-                        v = dequantize(t, t.data).reshape(-1)
-            if v is None:
-                raise KeyError(f"frozen GroupNorm parameter '{pname}': not found in inference.tflite")
+            if pname not in self.frozen:
+                raise KeyError(f"frozen GroupNorm parameter '{pname}': not shipped in the bundle (trainable.npz "
+                               f"'frozen/{pname}'; bundles before format version 2 lack it: re-convert)")
+            v = np.asarray(self.frozen[pname], np.float32).reshape(-1)
         else:
             raise KeyError(f"op {op.name}: no frozen parameters")
         if tuple(v.shape) != tuple(shape):
-            raise KeyError(f"frozen parameter '{pname}': .tflite gives {v.shape}, the graph says {shape}")
+            raise KeyError(f"frozen parameter '{pname}': found {v.shape}, the graph says {shape}")
         return np.ascontiguousarray(v, np.float32)

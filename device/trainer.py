@@ -42,7 +42,7 @@ class Trainer:
         self.bundle, self.cfg, self.region = bundle, optim, region
         g = self.graph = bundle.graph
         self.engine = Engine(bundle.tflite_path)
-        self.taps = Taps(g, self.engine)
+        self.taps = Taps(g, self.engine, bundle.frozen)
         self.names = [p["name"] for p in bundle.spec["params"]]
         self.slots = {p["name"]: p["slot"] for p in bundle.spec["params"]}
         self.head = g.ops[-1]

@@ -148,7 +148,9 @@ def step_macs(tr: Trainer) -> dict[str, int]:
 def with_trainables(bundle: Bundle, names: list[str]) -> Bundle:
     """The bundle with exactly `names` trainable (graph names). Names the bundle does not train (frozen
     conv weights for FT-Full, say) get a slot from the .tflite and their dequantized value, so the device's
-    own buffer rules plan them: float32 parameter, gradient and optimizer state in SRAM, input saved."""
+    own buffer rules plan them: float32 parameter, gradient and optimizer state in SRAM, input saved.
+    A GroupNorm parameter the bundle trains but `names` leaves out joins Bundle.frozen with its shipped value
+    (the backward through a frozen GroupNorm needs its gamma)."""
     g = bundle.graph
     have = {p["name"]: p for p in bundle.spec["params"]}
     missing = [n for n in names if n not in g.tensors or not g.tensors[n].const]
@@ -161,7 +163,7 @@ def with_trainables(bundle: Bundle, names: list[str]) -> Bundle:
         from device.engine import Engine
         from device.taps import Taps
         eng = Engine(bundle.tflite_path)
-        taps = Taps(g, eng)
+        taps = Taps(g, eng, bundle.frozen)
         users = {i: (op, pos) for op in g.ops for pos, i in enumerate(op.inputs)}
     for n in names:
         if n in have:
@@ -169,7 +171,7 @@ def with_trainables(bundle: Bundle, names: list[str]) -> Bundle:
             continue
         op, pos = users[n]
         shape = g.tensors[n].shape
-        slot, values[n] = None, np.zeros(shape, np.float32)  # None: planned only (no place in the int8 graph)
+        slot, values[n] = None, bundle.frozen.get(n, np.zeros(shape, np.float32))  # None: planned only (no place in the int8 graph)
         if op.kind in ("conv2d", "fully_connected"):
             top = taps.tflite_op(op.outputs[0])
             ti = top.inputs[pos] if pos < len(top.inputs) else -1
@@ -183,7 +185,9 @@ def with_trainables(bundle: Bundle, names: list[str]) -> Bundle:
     graph = dataclasses.replace(g, tensors=tensors)
     spec = dict(bundle.spec, params=params)
     manifest = dict(bundle.manifest, trainable=[{"name": p["name"], "shape": p["shape"], "dtype": "float32"} for p in params])
-    return Bundle(bundle.path, manifest, graph, {n: values[n] for n in names}, spec)
+    norm_params = {t for op in g.ops if op.kind == "group_norm" for t in op.inputs[1:3]}
+    frozen = dict(bundle.frozen) | {n: v for n, v in bundle.trainable.items() if n not in keep and n in norm_params}
+    return Bundle(bundle.path, manifest, graph, {n: values[n] for n in names}, spec, frozen)
 
 
 def plan_only(bundle: Bundle) -> list[str]:
