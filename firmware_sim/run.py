@@ -85,9 +85,8 @@ def suggestions(bundle: Bundle, cfg: SimConfig, profile: Profile, weights: int) 
     if other:
         cands.append((f"the same trainables with --optimizer sgd (one state array, not two)", names, other))
     for method in ("tinytl-b", "ft-last"):
-        if cfg.trainables not in (method,) and set(target.method_names(bundle, method)) != set(names):
-            if method != "tinytl-b" or cfg.trainables == "ft-full":
-                cands.append((f"--trainables {method}", target.method_names(bundle, method), cfg.optimizer))
+        if cfg.trainables != method and set(target.method_names(bundle, method)) != set(names):
+            cands.append((f"--trainables {method}", target.method_names(bundle, method), cfg.optimizer))
     for text, ns, opt in cands:
         peak = target.plan_for(bundle, ns, OptimConfig(opt), region).peak[region]
         out.append((peak <= budget, peak, f"{text}: {'fits' if peak <= budget else 'needs'} {_kb(peak)}"))

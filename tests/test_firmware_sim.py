@@ -213,3 +213,22 @@ def test_convert_trainable_blocks():
              "classifier.weight"]
     assert last_blocks(names, 2) == ["blocks.1.a.bn.bias", "blocks.1.lite.conv1.weight", "head.bn.bias", "classifier.weight"]
     assert last_blocks(names, 0) == ["classifier.weight"]
+
+
+def test_lite_branch_update_refused_on_mcu_256k_offers_the_bias_update(tmp_path, tmp_path_factory):
+    """The demo's case: a TinyTL-L+B new-task bundle's full update (float32 lite-branch weights + their gradients
+    and optimizer state) does not fit 256 KB; the refusal offers the bias update of the same bundle, with its
+    planned peak, and that really runs within the budget (the frozen pretrained lite branches stay in the graph)."""
+    from device.data import load_labelled
+    from device_helpers import animal_npz, new_task_bundle
+    lb = new_task_bundle(tmp_path_factory, "tinytl-lb")
+    b = load_bundle(lb)
+    train_data = load_labelled(str(animal_npz(tmp_path_factory, "train", 40)), b.labels)
+    p = load_profile("mcu-256k")
+    with pytest.raises(SimRefused) as e:
+        simulate(lb, p, _cfg(), train_data, None, tmp_path / "ck")
+    peak = target.plan_for(b, target.method_names(b, "tinytl-b"), OptimConfig("sgd")).peak["sram"]
+    assert f"--trainables tinytl-b: fits {peak / 1024:.1f} KB" in str(e.value), str(e.value)
+    assert peak <= p.budgets["sram"]
+    r = simulate(lb, p, _cfg(trainables="tinytl-b", steps=4, eval_every=4), train_data, None, tmp_path / "ck2")
+    assert r["plan"].peak["sram"] == peak and r["canary_ok"]
