@@ -60,7 +60,8 @@ adapt: train
 	$(BIN)/python -m train sweep --from $(RUNS)/pretrain/model.pt --data animal-mnist --out $(RUNS)/adapt --report results
 
 convert: adapt
-	$(BIN)/python -m convert --checkpoint $(RUNS)/adapt/tinytl-lb-b8/model.pt --out $(RUNS)/bundle --force
+	$(BIN)/python -m convert --checkpoint $(RUNS)/adapt/tinytl-lb-b8/model.pt --out $(RUNS)/bundle --force \
+	  --calibration-samples 500  # measured: agreement 0.9885 with the default 200, 0.9900 with 500
 
 ANIMALS := Bear,Bird,Cat,Cow,Dog,Elephant,Giraffe,Horse,Sheep,Zebra
 NEWTASK := $(RUNS)/bundle-new-tinytl-lb
@@ -84,10 +85,12 @@ simulate: train $(TRAIN_NPZ)
 	@echo "== FT-Full on the same target: refused before any step"
 	$(BIN)/python -m firmware_sim run --bundle $(NEWTASK) --profile mcu-256k --steps 1 --trainables ft-full \
 	  --out $(RUNS)/sim/ft-full --data $(TRAIN_NPZ); test $$? -eq 3
-	@echo "== what fits: the biases learn (TinyTL-B update), the pretrained lite branches stay in the graph, frozen"
+	@echo "== what fits: the biases of the last 10 of 11 units learn (TinyTL-B, sparse), the pretrained lite branches stay frozen"
+	@# Adam (batch-1 SGD with momentum is unstable here: 16% after 500 steps vs Adam's 62%, measured); its second
+	@# moment puts all 11 units 0.4 KB over 256 KB, and `firmware_sim fit` / the refusal message name last:10 as the deepest fit
 	rm -rf $(SIM)  # a fresh run: the simulator will not mix its checkpoints with an earlier run's
-	$(BIN)/python -m firmware_sim run --bundle $(NEWTASK) --profile mcu-256k --trainables tinytl-b --steps 500 --out $(SIM) \
-	  --data $(TRAIN_NPZ) --eval-data $(TEST_NPZ) --eval-limit 500
+	$(BIN)/python -m firmware_sim run --bundle $(NEWTASK) --profile mcu-256k --trainables tinytl-b --trainable-blocks last:10 \
+	  --optimizer adam --lr 3e-3 --steps 500 --out $(SIM) --data $(TRAIN_NPZ) --eval-data $(TEST_NPZ) --eval-limit 500
 	$(BIN)/python -m device export --bundle $(NEWTASK) --checkpoint-dir $(SIM)/checkpoints --out $(SIM)/trained.npz
 	$(BIN)/python -m convert merge --bundle $(NEWTASK) --trained $(SIM)/trained.npz --out $(SIM)/adapted.tflite --force
 	@echo "== the merged stock int8 .tflite, run by LiteRT on the whole Animal-MNIST test split:"
