@@ -1,5 +1,5 @@
 """python -m bench [--quick] [--only NAME]: run the benchmarks, print the tables, write bench/results/NAME.md
-(and NAME.json); a full run of all of them also writes BENCHMARKS.md (summary, goals) at the repo root."""
+(and NAME.json; --quick: bench/results/quick/); a full run of all of them also writes BENCHMARKS.md (summary, goals) at the repo root."""
 from __future__ import annotations
 
 import argparse
@@ -17,7 +17,6 @@ from . import _bundles as B  # noqa: E402
 from . import (accuracy, convert_fidelity, device_step, engine_speed, memory_device, memory_paper,  # noqa: E402
                pretrain_speed, summary)
 
-RESULTS = B.RESULTS
 # name -> run(quick) -> markdown; in this order, so later ones reuse the bundles earlier ones converted
 BENCHMARKS = {"pretrain_speed": pretrain_speed.run, "convert_fidelity": convert_fidelity.run,
               "engine_speed": engine_speed.run, "device_step": device_step.run, "memory_paper": memory_paper.run,
@@ -43,6 +42,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--only", choices=list(BENCHMARKS), action="append", metavar="NAME",
                    help=f"run only this benchmark (repeatable): {', '.join(BENCHMARKS)}")
     a = p.parse_args(argv)
+    if a.quick:  # a smoke run never overwrites the full run's results, which BENCHMARKS.md links and git tracks
+        B.RESULTS = B.RESULTS / "quick"
+    RESULTS = B.RESULTS
     RESULTS.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
     start = machine()

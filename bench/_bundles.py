@@ -25,7 +25,7 @@ PRETRAINED = ROOT / "runs" / "pretrain" / "model.pt"              # `make train`
 DATA = "animal-mnist"                                            # the project's adaptation task
 LABELS = "Bear,Bird,Cat,Cow,Dog,Elephant,Giraffe,Horse,Sheep,Zebra"
 REAL = "real"  # preset name standing for the adapted checkpoint
-RESULTS = ROOT / "bench" / "results"                             # NAME.md, NAME.json, plots
+RESULTS = ROOT / "bench" / "results"  # NAME.md, NAME.json, plots; read at call time (--quick rebinds it to results/quick)
 
 _tmp: Path | None = None
 _cache: dict = {}
