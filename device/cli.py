@@ -188,16 +188,25 @@ def _logits(a, xq: np.ndarray) -> np.ndarray:
 
 def _tflite_logits(path: Path, engine: str, xq: np.ndarray) -> np.ndarray:
     """Dequantized outputs of an int8 .tflite (a merged one of the bundle: same input and output spec)."""
+    from .tflite_reader import read_tflite
     if not path.is_file():
         raise SystemExit(f"error: {path}: no such .tflite")
-    if engine == "own":
+    model = read_tflite(path)
+    _same_input(path, model.tensors[model.inputs[0]].shape, xq)  # before any kernel or interpreter: another model
+    if engine == "own":                                          # may hold ops we lack
         from .engine import Engine
-        eng = Engine(path)
+        eng = Engine(model)
         return eng.dequantize_output(eng.run(xq))
     it = _interpreter(path, engine)
     scale, zero = it.get_output_details()[0]["quantization"]
     y = _run_litert(it, xq).astype(np.float32)
     return (y - zero) * scale if scale else y
+
+
+def _same_input(path: Path, shape, xq: np.ndarray) -> None:
+    if tuple(int(d) for d in shape[1:]) != tuple(xq.shape[1:]):
+        raise SystemExit(f"error: {path}: input {[int(d) for d in shape[1:]]}, but this bundle's inputs are {list(xq.shape[1:])}: "
+                         "pass a .tflite that 'convert merge' wrote from this bundle")
 
 
 def _images(paths: list[str], labels) -> tuple[np.ndarray, np.ndarray | None]:

@@ -137,3 +137,12 @@ def test_partial_run_export_merge_eval_with_litert(lb, tmp_path_factory, tmp_pat
     assert len(set(acc.values())) == 1, acc
     one_line_error(run("eval", "--bundle", lb, "--data", test, "--tflite", tmp_path / "adapted.tflite", "--trained", tmp_path / "t.npz"),
                    "exclude each other")
+    # a .tflite of another model (here: 28x28 inputs instead of 32x32) is named, not run on the wrong inputs
+    other = subprocess.run([sys.executable, "-c", "import numpy as np, tensorflow as tf\n"
+                            "f = tf.function(lambda x: x[:, :2, 0, 0] * 2.0, input_signature=[tf.TensorSpec((1, 28, 28, 1), tf.float32)])\n"
+                            f"open({str(tmp_path / 'other.tflite')!r}, 'wb').write(tf.lite.TFLiteConverter.from_concrete_functions("
+                            "[f.get_concrete_function()]).convert())"], capture_output=True, text=True)
+    assert other.returncode == 0, other.stderr[-1500:]
+    for eng in ("own", "litert"):
+        one_line_error(run("eval", "--bundle", lb, "--data", test, "--tflite", tmp_path / "other.tflite", "--engine", eng),
+                       "other.tflite", "input [28, 28, 1]", "[32, 32, 1]")
