@@ -63,8 +63,9 @@ def main(argv: list[str] | None = None) -> int:
         (RESULTS / f"{name}.md").write_text(md)
         print(md)
         print(f"-> {RESULTS / (name + '.md')}", file=sys.stderr)
-    (RESULTS / "timings.json").write_text(json.dumps({"quick": a.quick, "only": a.only, "seconds": timings,
-                                                      "machine": start}, indent=1) + "\n")
+    if not a.only:  # a partial run must not replace the full run's record of what each benchmark took
+        (RESULTS / "timings.json").write_text(json.dumps({"quick": a.quick, "only": a.only, "seconds": timings,
+                                                          "machine": start}, indent=1) + "\n")
     total = sum(timings.values())
     print(f"== total {total:.0f} s ({total / 60:.1f} min): " + ", ".join(f"{n} {s:.0f} s" for n, s in timings.items()),
           file=sys.stderr)
