@@ -34,29 +34,9 @@ from train.data import Preprocess, load_dataset
 from train.errors import UserError
 from train.methods import apply_method
 from train.models import build_model, insert_lite_residual, load_spec
+from bench._bundles import realistic as _realistic  # random weights, BN statistics from real images
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _realistic(model: nn.Module, x: torch.Tensor, seed: int = 0) -> nn.Module:
-    """Random weights, BN statistics from real images, lite branches switched on (non-zero last norm)."""
-    torch.manual_seed(seed)
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            m.reset_running_stats()
-            m.momentum = None  # cumulative average over the batches below
-            nn.init.uniform_(m.bias, -0.2, 0.2)
-        if isinstance(m, nn.GroupNorm) and not m.weight.abs().sum():
-            nn.init.normal_(m.weight, 0, 0.3)
-    model.train()
-    with torch.no_grad():
-        for b in x.split(64):
-            model(b)
-        for m in model.modules():  # floor the variance: a near-dead channel would get a x300 folded weight,
-            if isinstance(m, nn.BatchNorm2d):  # which trained nets (weight decay) do not have
-                m.running_var += 0.1 * m.running_var.mean()
-    nn.init.normal_(model.classifier.weight, 0, model.classifier.in_features ** -0.5)  # logits with spread
-    return model.eval()
 
 
 def _model(preset: str, res: int, channels: int | None = None) -> nn.Module:
