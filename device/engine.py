@@ -51,7 +51,7 @@ class Engine:
         """Replace constant tensors (index -> (data, new per-channel scales or None)) and re-prepare the
         kernels that read them: how the trainer patches its current trainable parameters in."""
         import dataclasses
-        steps = set()
+        steps: dict[int, set[int]] = {}  # step -> input positions replaced
         for i, (data, scale) in values.items():
             t = self.tensors[i]
             if t.data is None or data.shape != t.data.shape or data.dtype != t.data.dtype:
@@ -61,10 +61,14 @@ class Engine:
             if scale is not None:
                 t.quant = dataclasses.replace(t.quant, scale=np.asarray(scale, np.float32),
                                               zero_point=np.zeros(len(scale), np.int64))
-            steps.update(self._readers.get(i, ()))
-        for k in steps:
-            op = self._steps[k][0]
-            self._steps[k] = (op, KERNELS[op.name](op, self.tensors, self._cfg))
+            for k in self._readers.get(i, ()):
+                steps.setdefault(k, set()).update(p for p, j in enumerate(self._steps[k][0].inputs) if j == i)
+        for k, changed in steps.items():
+            op, kernel = self._steps[k]
+            if changed == {2} and hasattr(kernel, "set_bias"):  # bias only: the filter's preparation stands
+                kernel.set_bias(self.tensors[op.inputs[2]].data)
+            else:
+                self._steps[k] = (op, KERNELS[op.name](op, self.tensors, self._cfg))
 
     @property
     def ops(self):

@@ -102,3 +102,26 @@ def test_nan_steps_are_skipped_then_rolled_back(bundle, data, tmp_path):
     assert all(np.isfinite(v).all() for v in tr.params.values())
     _, state, meta = ck.latest(tmp_path)
     assert meta["step"] == 40 and all(np.array_equal(state[f"param/{n}"], tr.params[n]) for n in tr.names)
+
+
+def test_bias_only_patch_equals_rebuilt_kernels(tmp_path_factory, data):
+    """The per-step patch updates TinyTL-B biases in the prepared kernels (set_bias) instead of re-preparing
+    every conv; after a few steps every activation must equal freshly prepared kernels' byte for byte."""
+    from device.kernels import KERNELS
+    b = load_bundle(new_task_bundle(tmp_path_factory, "tinytl-b"))
+    (x, y), _ = data
+    xq = to_model_input(x[:4], b.manifest)
+    tr = Trainer(b, OptimConfig("adam", lr=1e-2))
+    tr.patch()
+    eng = tr.engine
+    before = [k for _, k in eng._steps]  # noqa: SLF001
+    for i in range(3):
+        tr.step(xq[i:i + 1], int(y[i]))
+    tr.patch()
+    bias_only = [k for k, (old, (_, new)) in enumerate(zip(before, eng._steps)) if old is new and hasattr(new, "set_bias")]  # noqa: SLF001
+    assert len(bias_only) >= 5  # the fast path is really taken for the trained conv biases
+    _, fast = eng.run(xq, intermediates=True)
+    eng._steps = [(op, KERNELS[op.name](op, eng.tensors, eng._cfg)) for op, _ in eng._steps]  # noqa: SLF001
+    _, full = eng.run(xq, intermediates=True)
+    assert fast.keys() == full.keys()
+    assert all(np.array_equal(fast[i], full[i]) for i in fast)

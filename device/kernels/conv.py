@@ -44,12 +44,18 @@ class _Requant:
         self.lo, self.hi = quantized_activation_range(check_activation(op, tensors), s_out, self.z_out, np.int8)
         b = op.inputs[2] if len(op.inputs) > 2 else -1
         self.bias = np.zeros(n_out, np.int64) if b < 0 else _const(op, tensors, b, "bias").astype(np.int64)
-        self.bias_f = self.bias.astype(np.float64)
         # |acc + bias| <= 255 * sum |w| + |bias| per channel: lets the rescale skip a range scan
         wq = w.data.reshape(-1, n_out) if w.data.shape[-1] == n_out and w.data.shape[0] == 1 else w.data.reshape(n_out, -1).T
-        self.bound = float(np.max(255.0 * np.abs(wq.astype(np.float64) - self.z_w).sum(axis=0) + np.abs(self.bias_f)))
+        self.wsum = 255.0 * np.abs(wq.astype(np.float64) - self.z_w).sum(axis=0)
         if b >= 0 and tensors[b].type != "INT32":
             raise UnsupportedOpError(op, tensors, f"bias type {tensors[b].type} (int32 expected)")
+        self.set_bias(self.bias)
+
+    def set_bias(self, bias: np.ndarray) -> None:
+        """A new int32 bias (the filter and every scale unchanged): what a bias-only update re-encodes."""
+        self.bias = np.asarray(bias).astype(np.int64).reshape(-1)
+        self.bias_f = self.bias.astype(np.float64)
+        self.bound = float(np.max(self.wsum + np.abs(self.bias_f)))
 
     def __call__(self, acc: np.ndarray) -> np.ndarray:
         """acc: exact integer sums held in float64."""
@@ -80,6 +86,25 @@ def _check_types(op: OpInfo, tensors: list[TensorInfo]) -> bool:
 def _float_bias(op: OpInfo, tensors: list[TensorInfo], n: int) -> np.ndarray:
     b = op.inputs[2] if len(op.inputs) > 2 else -1
     return np.zeros(n, np.float32) if b < 0 else _const(op, tensors, b, "bias").astype(np.float32)
+
+
+def _with_set_bias(run, rq: _Requant | None, bias: np.ndarray | None):
+    """Give a kernel `run.set_bias(new)`: a bias-only change without re-preparing the filter (the trainer's
+    per-step patch of TinyTL-B biases). int8: the Requant's int32 bias; float: the bias array in place."""
+    if rq is not None:
+        run.set_bias = rq.set_bias
+    else:
+        def set_bias(new: np.ndarray) -> None:
+            bias[...] = np.asarray(new, np.float32).reshape(bias.shape)
+        run.set_bias = set_bias
+    return run
+
+
+def pad_zeros(x: np.ndarray, pads) -> np.ndarray:
+    """np.pad(x, pads) with zeros, without np.pad's per-call overhead (it dominates at batch 1)."""
+    out = np.zeros(tuple(d + a + b for d, (a, b) in zip(x.shape, pads)), x.dtype)
+    out[tuple(slice(a, a + d) for d, (a, _b) in zip(x.shape, pads))] = x
+    return out
 
 
 def _matmul_f32(a: np.ndarray, w: np.ndarray, exact: bool) -> np.ndarray:
@@ -144,7 +169,7 @@ def prepare_conv2d(op: OpInfo, tensors: list[TensorInfo], cfg: KernelConfig = Ke
         if z_in:
             xf -= z_in                                          # padding then adds true zeros
         if any(p for pair in pads for p in pair):
-            xf = np.pad(xf, pads)
+            xf = pad_zeros(xf, pads)
         if kh == kw == 1:
             cols = xf[:, :(oh - 1) * o["stride_h"] + 1:o["stride_h"], :(ow - 1) * o["stride_w"] + 1:o["stride_w"], :][:, :, :, None, :]
         else:
@@ -158,7 +183,7 @@ def prepare_conv2d(op: OpInfo, tensors: list[TensorInfo], cfg: KernelConfig = Ke
         if quant:
             return rq(acc)
         return act(acc + bias)
-    return run
+    return _with_set_bias(run, rq if quant else None, None if quant else bias)
 
 
 def prepare_depthwise(op: OpInfo, tensors: list[TensorInfo], cfg: KernelConfig = KernelConfig()):
@@ -187,7 +212,7 @@ def prepare_depthwise(op: OpInfo, tensors: list[TensorInfo], cfg: KernelConfig =
         if z_in:
             xf -= z_in
         if any(p for pair in pads for p in pair):
-            xf = np.pad(xf, pads)
+            xf = pad_zeros(xf, pads)
         if mult > 1:
             xf = np.repeat(xf, mult, axis=3)
         wins = _windows(xf, kh, kw, o["stride_h"], o["stride_w"], o["dilation_h_factor"], o["dilation_w_factor"], oh, ow)
@@ -199,7 +224,7 @@ def prepare_depthwise(op: OpInfo, tensors: list[TensorInfo], cfg: KernelConfig =
         if quant:
             return rq(acc)
         return act(acc + bias)
-    return run
+    return _with_set_bias(run, rq if quant else None, None if quant else bias)
 
 
 def prepare_fully_connected(op: OpInfo, tensors: list[TensorInfo], cfg: KernelConfig = KernelConfig()):
@@ -226,4 +251,4 @@ def prepare_fully_connected(op: OpInfo, tensors: list[TensorInfo], cfg: KernelCo
         shape = x.shape[:-1] + (cout,) if keep else (acc.shape[0], cout)
         y = rq.float_scale(acc) if quant else act(acc + bias)
         return y.reshape(shape)
-    return run
+    return _with_set_bias(run, rq if quant else None, None if quant else bias)
