@@ -135,6 +135,23 @@ def new_task_bundle(method: str, *, eval_samples: int | None = 500, litert_train
     return _cache[key]
 
 
+def new_task_model(method: str, bundle_dir: Path, pretrained: Path | None = None):
+    """The float PyTorch model `new_task_bundle(method)` was converted from (seed-0 fresh head, lite branches as
+    convert made them), `method`'s parameters trainable, BatchNorm frozen: the PyTorch side of a like-for-like
+    batch-1 comparison with the device. pretrained: the checkpoint of a bundle made by `convert --checkpoint
+    P --method M --classes 10 --labels ... --data animal-mnist` elsewhere (default: PRETRAINED)."""
+    import torch
+    from convert import ConvertConfig
+    from convert._bundle import load_model
+    from train.methods import apply_method, set_adapt_mode
+    pretrained = pretrained or (PRETRAINED if PRETRAINED.exists() else None)
+    src = pretrained or checkpoint("mcunet-tiny", 32, method)
+    kw = dict(method=method, classes=10, labels=tuple(LABELS.split(",")), data=DATA) if pretrained else {}
+    model, _ = load_model(ConvertConfig(checkpoint=str(src), out=str(bundle_dir), **kw))
+    apply_method(model, method)
+    return set_adapt_mode(model.to(memory_format=torch.channels_last))
+
+
 def _convert(ckpt: Path, out: Path, **kw) -> tuple[Path, dict, float]:
     from convert import ConvertConfig, convert
     t0 = time.perf_counter()

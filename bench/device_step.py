@@ -38,14 +38,7 @@ LR = 1e-3
 
 def _torch_step(bundle_dir: Path, method: str):
     """(step(x_nchw, label), model): PyTorch eager batch-1 step on the float model the bundle came from."""
-    from convert import ConvertConfig
-    from convert._bundle import load_model
-    from train.methods import apply_method, set_adapt_mode
-    src = B.PRETRAINED if B.PRETRAINED.exists() else B.checkpoint("mcunet-tiny", 32, method)
-    kw = dict(method=method, classes=10, labels=tuple(B.LABELS.split(",")), data=B.DATA) if B.PRETRAINED.exists() else {}
-    model, _ = load_model(ConvertConfig(checkpoint=str(src), out=str(bundle_dir), **kw))  # the seed-0 fresh head, as convert
-    apply_method(model, method)
-    model = set_adapt_mode(model.to(memory_format=torch.channels_last))
+    model = B.new_task_model(method, bundle_dir)
     opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=LR)
 
     def step(x: torch.Tensor, y: torch.Tensor) -> float:

@@ -24,6 +24,7 @@ ABOUT = {
 }
 CAPTION_MAX = 2000  # characters: a longer paragraph before a table stays in the benchmark's own .md
 MIN_RATIO, MAX_DROP = 3.0, 0.03  # goal (b): "within 3 points of FT-Full at several (>= 3) times less memory"
+MAX_DEVICE_GAP = 0.02  # goal (d), issue 5: on-device within 2 points of PyTorch batch-1 (same steps and lr)
 
 
 def tables(md: str) -> list[list[str]]:
@@ -117,6 +118,19 @@ def exact_goal(eng: dict | None) -> dict:
             "default_met": all(m["ours_vs_reference"]["differ"] == 0 for m in models), "models": models}
 
 
+def device_goal(acc: dict | None) -> dict:
+    """Goal (d) from accuracy.json's device rows: on-device batch-1 learning within MAX_DEVICE_GAP of its PyTorch
+    twin (same start, order, steps and learning rates) for every method and every data order."""
+    if acc is None:
+        return {"met": None, "why": "bench/results/accuracy.json missing"}
+    rows = acc.get("device") or []
+    if not rows:
+        return {"met": None, "why": "no on-device runs in accuracy.json"}
+    if any(r.get("accuracy") is None or r.get("twin") is None for r in rows):
+        return {"met": None, "rows": rows, "why": "a method fits no target or has no PyTorch twin run"}
+    return {"met": all(r["within"] for r in rows), "rows": rows}
+
+
 def _num(v: float | None, unit: str = "", missing: str = "-") -> str:
     return missing if v is None else f"{v:.1f}{unit}"
 
@@ -133,6 +147,7 @@ def goals(results: Path) -> tuple[dict, str]:
     a = step_speed(step_md.read_text() if step_md.exists() else None)
     b = accuracy_goal(load("accuracy"))
     c = exact_goal(load("engine_speed"))
+    dv = device_goal(load("accuracy"))
     lines = ["## Goals", "", "Verdicts computed from this run's numbers (bench/summary.py), not typed in.", ""]
     text = f"(a) Our batch-1 update step at least as fast as PyTorch eager and the LiteRT training model: {_verdict(a['met'])}."
     if a.get("rows"):
@@ -162,7 +177,18 @@ def goals(results: Path) -> tuple[dict, str]:
     if c.get("why"):
         text += f" ({c['why']}.)"
     lines += [f"- {text}", ""]
-    return {"a": a, "b": b, "c": c}, "\n".join(lines)
+    text = (f"(d) On-device batch-1 learning (simulator, int8 forward) within {100 * MAX_DEVICE_GAP:.0f} points of PyTorch "
+            f"batch-1 with the same start, steps and learning rate, every data order: {_verdict(dv['met'])}.")
+    for r in dv.get("rows") or []:
+        if r.get("accuracy") is None or r.get("twin") is None:
+            text += f" {r['method']}: no data."
+        else:
+            text += (f" {r['method']}: device {100 * r['accuracy']:.1f}% vs PyTorch {100 * r['twin']:.1f}% (mean of "
+                     f"{len(r['orders'])} orders), largest gap {100 * r['max_abs_gap']:.1f} points.")
+    if dv.get("why"):
+        text += f" ({dv['why']}.)"
+    lines += [f"- {text}", ""]
+    return {"a": a, "b": b, "c": c, "d": dv}, "\n".join(lines)
 
 
 def write(results: Path, timings: dict[str, float], machine: str, out: Path = ROOT / "BENCHMARKS.md") -> str:

@@ -89,7 +89,7 @@ def test_benchmarks_md_from_synthetic_results(tmp_path):
     (res / "device_step.md").write_text(STEP_MD)
     (res / "engine_speed.json").write_text(json.dumps(_engine()))
     s = accuracy.summarize(_rows() + _rows(lb=(0.5, 0.5, 0.5), data="digits"))
-    (res / "accuracy.json").write_text(json.dumps({"goal": accuracy.goal_lb_vs_full(s)}))
+    (res / "accuracy.json").write_text(json.dumps({"goal": accuracy.goal_lb_vs_full(s), "device": [_device_row(0.51, 0.52)]}))
     (res / "memory_paper.md").write_text("# memory_paper\n\ntext\n\n| a | b |\n|---|---|\n| 1 | 2 |\n")
     out = tmp_path / "BENCHMARKS.md"
     text = summary.write(res, {"device_step": 60.0, "memory_paper": 30.0, "accuracy": 600.0}, "x86_64, 2 CPUs", out=out)
@@ -100,4 +100,31 @@ def test_benchmarks_md_from_synthetic_results(tmp_path):
     assert "**met**" in goals.split("(c)")[1]
     assert "| 1 | 2 |" in text and "[bench/results/memory_paper.md]" in text
     verdicts = json.loads((res / "goals.json").read_text())
-    assert (verdicts["a"]["met"], verdicts["b"]["met"], verdicts["c"]["met"]) == (None, False, True)
+    assert (verdicts["a"]["met"], verdicts["b"]["met"], verdicts["c"]["met"], verdicts["d"]["met"]) == (None, False, True, True)
+    assert "(d) " in goals and "**met**" in goals.split("(d)")[1] and "largest gap 1.0 points" in goals
+
+
+def _device_row(dev: float, twin: float, method: str = "tinytl-lb") -> dict:
+    orders = [{"seed": 0, "before": 0.1, "device": dev, "torch_twin": twin}]
+    gap = abs(dev - twin)
+    return {"method": method, "profile": "mcu-256k", "steps": 600, "accuracy": dev, "twin": twin, "orders": orders,
+            "max_abs_gap": gap, "within": gap <= accuracy.MAX_DEVICE_GAP, "peak": 1000, "budget": 2000, "source": "x"}
+
+
+def test_device_goal():
+    assert summary.device_goal({"device": [_device_row(0.50, 0.515), _device_row(0.55, 0.54, "tinytl-b")]})["met"] is True
+    assert summary.device_goal({"device": [_device_row(0.50, 0.53), _device_row(0.55, 0.54, "tinytl-b")]})["met"] is False
+    none_fits = {"method": "tinytl-lb", "steps": 600, "accuracy": None, "orders": []}
+    assert summary.device_goal({"device": [none_fits]})["met"] is None
+    assert summary.device_goal(None)["met"] is None and summary.device_goal({"device": []})["met"] is None
+    assert summary.MAX_DEVICE_GAP == accuracy.MAX_DEVICE_GAP
+
+
+def test_accuracy_device_table_renders_twin_and_verdict():
+    rows = _rows()
+    res = {"summary": accuracy.summarize(rows), "sizes": {"animal-mnist|8": [1200, 2]}, "train_sizes": {"animal-mnist|8": 1200},
+           "rows": rows, "goal": {}, "source": "s", "runs_dir": "r", "seeds": [0, 1, 2],
+           "device": [_device_row(0.501, 0.509), _device_row(0.50, 0.53, "tinytl-b")]}
+    md = accuracy.render(res)
+    dev = [t for t in summary.tables(md) if "PyTorch twin per order %" in t[0]][0]
+    assert len(dev) == 4 and "| 50.1 | 50.9 | 0.8 | met |" in dev[2] and "| 3.0 | NOT met |" in dev[3]
