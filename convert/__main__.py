@@ -6,6 +6,8 @@ import os
 import sys
 from pathlib import Path
 
+from device.bundle import last_k_arg
+
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see train/__main__.py: spinning OpenMP threads stall busy CPUs
 
 CONVERT_EXAMPLE = """examples:
@@ -31,7 +33,7 @@ def _convert_parser() -> argparse.ArgumentParser:
     p.add_argument("--ranges", choices=("mse", "minmax"), default="mse",
                    help="int8 activation ranges: MSE-optimal clipping from the calibration images (default), or their raw min/max")
     p.add_argument("--eval-samples", type=int, help="evaluate at most this many test images (default: all)")
-    p.add_argument("--trainable-blocks", metavar="last:K",
+    p.add_argument("--trainable-blocks", metavar="last:K", type=last_k_arg,
                    help="partial update: only the last K units (stem, blocks, head) keep their trainable biases/lite branches, plus the classifier")
     p.add_argument("--resolution", type=int, help="input side in px (default: the checkpoint's)")
     p.add_argument("--litert-training", action="store_true",
@@ -54,15 +56,6 @@ def _merge_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _last_k(v: str | None) -> int | None:
-    from train.errors import UserError
-    if v is None:
-        return None
-    kind, _, k = v.partition(":")
-    if kind != "last" or not k.isdigit():
-        raise UserError(f"--trainable-blocks {v!r}: expected last:K, e.g. last:7")
-    return int(k)
-
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
@@ -80,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg = ConvertConfig(checkpoint=str(a.checkpoint), out=str(a.out), calibration_samples=a.calibration_samples, data=a.data,
                             method=a.method, classes=a.classes, labels=tuple(a.labels.split(",")) if a.labels else None,
                             float_lite=not a.int8_lite, ranges=a.ranges, eval_samples=a.eval_samples, seed=a.seed, force=a.force,
-                            trainable_blocks=_last_k(a.trainable_blocks), resolution=a.resolution,
+                            trainable_blocks=a.trainable_blocks, resolution=a.resolution,
                             litert_training=a.litert_training)
         if cfg.calibration_samples < 1:
             raise UserError("--calibration-samples must be at least 1")

@@ -152,3 +152,13 @@ def load_trained(bundle: Bundle, path: str | Path) -> dict[str, np.ndarray]:
     if extra:
         raise BundleError(f"{path}: parameters {extra[:3]} are not trainable in this bundle")
     return {k: got[k].astype(np.float32) for k in bundle.trainable}
+
+
+def last_k_arg(v: str) -> int:
+    """argparse type of `--trainable-blocks last:K` (convert, firmware_sim): only the last K units train
+    (last:0: the classifier alone)."""
+    import argparse
+    kind, _, k = v.partition(":")
+    if kind != "last" or not k.isdigit():
+        raise argparse.ArgumentTypeError(f"{v!r}: expected last:K (K >= 0 units besides the classifier), e.g. last:7")
+    return int(k)

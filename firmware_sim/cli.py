@@ -7,6 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
+from device.bundle import last_k_arg
+
 EXAMPLES = {
     "run": "python -m firmware_sim run --bundle bundles/animal --profile mcu-256k --data animal_train.npz \\\n"
            "      --eval-data animal_test.npz --steps 200 --out runs/sim/mcu-256k --power-loss-at random",
@@ -36,7 +38,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--trainables", choices=("bundle", "ft-last", "tinytl-b", "tinytl-lb", "ft-full"), default="bundle",
                    help="what learns (default: as the bundle says); ft-full is planned with the device's rules and refused if too big")
-    s.add_argument("--trainable-blocks", metavar="last:K", help="only the last K units' trainables (plus the classifier)")
+    s.add_argument("--trainable-blocks", metavar="last:K", type=last_k_arg, help="only the last K units' trainables (plus the classifier)")
     s.add_argument("--checkpoint-every", type=int, default=50)
     s.add_argument("--eval-every", type=int, default=50)
     s.add_argument("--eval-limit", type=int, default=500)
@@ -55,14 +57,6 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _last_k(v: str | None) -> int | None:
-    if v is None:
-        return None
-    kind, _, k = v.partition(":")
-    if kind != "last" or not k.isdigit():
-        raise SystemExit(f"error: --trainable-blocks {v!r}: expected last:K")
-    return int(k)
-
 
 def cmd_run(a) -> None:
     from device.bundle import load_bundle
@@ -75,7 +69,7 @@ def cmd_run(a) -> None:
     rng = np.random.default_rng(a.seed)
     cuts = tuple(sorted((faults.parse_cut(c, a.steps, rng) for c in a.power_loss_at), key=lambda c: c.step))
     cfg = SimConfig(steps=a.steps, seed=a.seed, optimizer=a.optimizer, lr=a.lr, trainables=a.trainables,
-                    last_k=_last_k(a.trainable_blocks), checkpoint_every=a.checkpoint_every, eval_every=a.eval_every,
+                    last_k=a.trainable_blocks, checkpoint_every=a.checkpoint_every, eval_every=a.eval_every,
                     eval_limit=a.eval_limit, cuts=cuts)
     data = load_labelled(a.data, bundle.labels)
     ev = load_labelled(a.eval_data, bundle.labels) if a.eval_data else None

@@ -101,14 +101,15 @@ def test_benchmarks_md_from_synthetic_results(tmp_path):
     assert "| 1 | 2 |" in text and "[bench/results/memory_paper.md]" in text
     verdicts = json.loads((res / "goals.json").read_text())
     assert (verdicts["a"]["met"], verdicts["b"]["met"], verdicts["c"]["met"], verdicts["d"]["met"]) == (None, False, True, True)
-    assert "(d) " in goals and "**met**" in goals.split("(d)")[1] and "largest gap 1.0 points" in goals
+    assert "(d) " in goals and "**met**" in goals.split("(d)")[1] and "largest gap of one order 1.0 points" in goals
 
 
 def _device_row(dev: float, twin: float, method: str = "tinytl-lb") -> dict:
     orders = [{"seed": 0, "before": 0.1, "device": dev, "torch_twin": twin}]
     gap = abs(dev - twin)
     return {"method": method, "profile": "mcu-256k", "steps": 600, "accuracy": dev, "twin": twin, "orders": orders,
-            "max_abs_gap": gap, "within": gap <= accuracy.MAX_DEVICE_GAP, "peak": 1000, "budget": 2000, "source": "x"}
+            "max_abs_gap": gap, "max_abs_f64_gap": 0.012, "within": gap <= accuracy.MAX_DEVICE_GAP, "peak": 1000,
+            "budget": 2000, "source": "x"}
 
 
 def test_device_goal():
@@ -127,4 +128,4 @@ def test_accuracy_device_table_renders_twin_and_verdict():
            "device": [_device_row(0.501, 0.509), _device_row(0.50, 0.53, "tinytl-b")]}
     md = accuracy.render(res)
     dev = [t for t in summary.tables(md) if "PyTorch twin per order %" in t[0]][0]
-    assert len(dev) == 4 and "| 50.1 | 50.9 | 0.8 | met |" in dev[2] and "| 3.0 | NOT met |" in dev[3]
+    assert len(dev) == 4 and "| 50.1 | 50.9 | met (-0.8) | 0.8 | 1.2 |" in dev[2] and "| NOT met (-3.0) | 3.0 |" in dev[3]

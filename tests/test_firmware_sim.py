@@ -232,3 +232,13 @@ def test_lite_branch_update_refused_on_mcu_256k_offers_the_bias_update(tmp_path,
     assert peak <= p.budgets["sram"]
     r = simulate(lb, p, _cfg(trainables="tinytl-b", steps=4, eval_every=4), train_data, None, tmp_path / "ck2")
     assert r["plan"].peak["sram"] == peak and r["canary_ok"]
+
+
+def test_trainable_blocks_argument_is_parsed_once_for_both_clis():
+    import argparse
+
+    from device.bundle import last_k_arg
+    assert last_k_arg("last:7") == 7 and last_k_arg("last:0") == 0
+    for bad in ("first:3", "last:", "last:x", "7"):
+        with pytest.raises(argparse.ArgumentTypeError, match="expected last:K"):
+            last_k_arg(bad)
