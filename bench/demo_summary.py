@@ -22,7 +22,7 @@ def _json(path: Path) -> dict | None:
 
 
 def _line(name: str, value: str, where: Path) -> str:
-    return f"  {name:<34} {value:<46} {where}"
+    return f"  {name:<40} {value:<48} {where}"
 
 
 def summary(runs: Path, results: Path, sim: Path, seconds: float | None) -> str:
@@ -43,6 +43,9 @@ def summary(runs: Path, results: Path, sim: Path, seconds: float | None) -> str:
         if full and lb and full[1] and lb[1]:
             out.append(f"    TinyTL-L+B {lb[0]:.3f} vs FT-Full {full[0]:.3f} ({100 * (lb[0] - full[0]):+.1f} points) "
                        f"at {full[1] / lb[1]:.1f}x less training memory (paper accounting, batch 8)")
+        b1 = accs.get("tinytl-lb-b1")
+        if b1 and b1[1]:
+            out.append(f"    TinyTL-L+B at batch 1: {b1[0]:.3f} at {b1[1] / 1e6:.2f} MB")
     else:
         out.append(_line("adapt", "missing", results / "adapt.md"))
     rep = runs / "bundle" / "report.md"
@@ -59,8 +62,10 @@ def summary(runs: Path, results: Path, sim: Path, seconds: float | None) -> str:
         out.append(_line("on-device learning", "missing", sim / "report.md"))
     for name in ("tinytl-lb-full", "ft-full"):
         refused = sim.parent / name / "refused.txt"
-        first = refused.read_text().splitlines()[0] if refused.exists() else "missing"
-        out.append(_line(f"refused on the MCU: {name}", first[:46], refused))
+        text = refused.read_text() if refused.exists() else ""
+        m = re.search(r"peak \d+ bytes \(([0-9.]+ KB)\) > budget \d+ bytes \(([0-9.]+ KB)\)", text)
+        value = f"planned {m.group(1)} > budget {m.group(2)}" if m else (text.splitlines()[0][:48] if text else "missing")
+        out.append(_line(f"refused on the MCU: {name}", value, refused))
     ev = sim / "litert_eval.txt"
     out.append(_line("merged .tflite under LiteRT", ev.read_text().strip() if ev.exists() else "missing", sim / "adapted.tflite"))
     return "\n".join(out)
