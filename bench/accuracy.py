@@ -11,7 +11,9 @@ Steps:
      bench/results/accuracy_memory.png (accuracy vs memory, one point per method, per target);
   4. on the device: the pretrained checkpoint converted to a new-task bundle (TinyTL-B, TinyTL-L+B), learned at
      batch 1 by firmware_sim.simulate on the smallest profile whose plan fits, for as many steps as PyTorch's
-     seed-0 batch-1 run saw samples, on the same training images; accuracy on the whole test split.
+     seed-0 batch-1 run saw samples, on the same training images, once per data order (ORDERS); next to each,
+     the same run in PyTorch (torch_twin, float32 and float64); accuracy on the whole test split; goal:
+     device and PyTorch means within MAX_DEVICE_GAP.
 """
 from __future__ import annotations
 
