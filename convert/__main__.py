@@ -6,7 +6,7 @@ import os
 import sys
 from pathlib import Path
 
-from device.bundle import last_k_arg
+from device.graph import last_k_arg
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see train/__main__.py: spinning OpenMP threads stall busy CPUs
 
@@ -54,7 +54,6 @@ def _merge_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, type=Path, help="the new .tflite")
     p.add_argument("--force", action="store_true", help="replace OUT if it exists")
     return p
-
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from device.bundle import BUNDLE_FORMAT, BUNDLE_VERSION, MANIFEST, file_sha256
+from device.graph import last_units
 from train.checkpoint import load_checkpoint
 from train.errors import UserError
 from . import _litert_train, _tflite
@@ -81,22 +82,12 @@ def load_model(cfg: ConvertConfig):
     return model.float().eval().to(memory_format=torch.contiguous_format), meta
 
 
-def unit_of(name: str) -> str:
-    """The unit a parameter belongs to: 'stem', 'blocks.<i>', 'head' or 'classifier' (PyTorch or graph names)."""
-    parts = name.split(".")
-    return ".".join(parts[:2]) if parts[0] == "blocks" else parts[0]
-
-
 def last_blocks(names: list[str], k: int) -> list[str]:
-    """The trainable names of the last k units in network order (stem, blocks.0 .. blocks.N-1, head), plus the
-    classifier's: `--trainable-blocks last:k`. Biases of late layers need no gradient through early, large maps."""
-    if k < 0:
-        raise UserError(f"--trainable-blocks last:{k}: k must be >= 0")
-    order = {"stem": -1, "head": 10**6}
-    units = sorted({unit_of(n) for n in names} - {"classifier"},
-                   key=lambda u: int(u.split(".")[1]) if u.startswith("blocks.") else order[u])
-    keep = set(units[len(units) - k:]) if k else set()
-    return [n for n in names if unit_of(n) in keep or unit_of(n) == "classifier"]
+    """`--trainable-blocks last:k` on the checkpoint's trainable names (device.graph.last_units)."""
+    try:
+        return last_units(names, k)
+    except ValueError as e:
+        raise UserError(f"--trainable-blocks {e}") from None
 
 
 def load_data(cfg: ConvertConfig, meta: dict[str, Any]):
@@ -225,4 +216,4 @@ def _manifest(cfg, model, meta, prep, tfl: bytes, spec: dict, tmp: Path) -> dict
     }
 
 
-__all__ = ["ConvertConfig", "convert", "load_model", "export_onnx", "DEVICE_METHODS", "last_blocks", "unit_of"]
+__all__ = ["ConvertConfig", "convert", "load_model", "export_onnx", "DEVICE_METHODS", "last_blocks"]

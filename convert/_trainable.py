@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from device.bundle import FROZEN_PREFIX
-from device.graph import Graph, to_dict
+from device.graph import Graph, group_norm_params, to_dict
 from device.requant import to_tflite_layout as _to_tflite_layout
 from . import _tflite
 
@@ -115,7 +115,7 @@ def trainable_spec(g: Graph, params: dict[str, np.ndarray], model: bytes, method
                         "writes": {t: _tflite.tensor_index(names, t, produced) for t in op.outputs}})
     plist = [{"name": n, "shape": list(g.tensors[n].shape), "dtype": "float32", "op": uses[n].outputs[0], "slot": slots[n]}
              for n in sorted(slots, key=list(g.tensors).index)]
-    frozen = frozen_norm_params(g)
+    frozen = group_norm_params(g, frozen_only=True)
     flist = [{"name": n, "shape": list(g.tensors[n].shape), "dtype": "float32", "op": op, "key": FROZEN_PREFIX + n}
              for n, op in frozen.items()]
     spec = {"format": FORMAT, "version": VERSION, "method": method, "layouts": LAYOUTS, "params": plist, "ops": ops,
@@ -124,8 +124,3 @@ def trainable_spec(g: Graph, params: dict[str, np.ndarray], model: bytes, method
     arrays.update({f["key"]: np.asarray(params[f["name"]], np.float32).reshape(f["shape"]) for f in flist})
     return spec, arrays
 
-
-def frozen_norm_params(g: Graph) -> dict[str, str]:
-    """Frozen GroupNorm gamma/beta of the graph -> the norm's output tensor, in graph order."""
-    return {t: op.outputs[0] for op in g.ops if op.kind == "group_norm"
-            for t in op.inputs[1:3] if g.tensors[t].const and not g.tensors[t].trainable}

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from .graph import Graph, GraphError, from_dict, verify
+from .graph import Graph, GraphError, from_dict, group_norm_params, verify
 
 BUNDLE_FORMAT = "tinytl-bundle"
 BUNDLE_VERSION = 2
@@ -125,8 +125,7 @@ def _check_frozen(path: Path, spec: dict, graph: Graph, values: dict[str, np.nda
         if t is None or not t.const or t.trainable or tuple(v.shape) != t.shape or v.dtype != np.float32:
             raise BundleError(f"{path / 'trainable.npz'}: frozen '{name}' ({v.dtype}{list(v.shape)}) is not a frozen "
                               f"float32 parameter of the graph")
-    need = [t for op in graph.ops if op.kind == "group_norm" for t in op.inputs[1:3]
-            if graph.tensors[t].const and not graph.tensors[t].trainable and t not in values]
+    need = [t for t in group_norm_params(graph, frozen_only=True) if t not in values]
     if need:
         raise BundleError(f"{path / 'trainable.npz'}: lacks frozen GroupNorm parameter(s) {need[:3]} (re-convert the bundle)")
 
@@ -153,12 +152,3 @@ def load_trained(bundle: Bundle, path: str | Path) -> dict[str, np.ndarray]:
         raise BundleError(f"{path}: parameters {extra[:3]} are not trainable in this bundle")
     return {k: got[k].astype(np.float32) for k in bundle.trainable}
 
-
-def last_k_arg(v: str) -> int:
-    """argparse type of `--trainable-blocks last:K` (convert, firmware_sim): only the last K units train
-    (last:0: the classifier alone)."""
-    import argparse
-    kind, _, k = v.partition(":")
-    if kind != "last" or not k.isdigit():
-        raise argparse.ArgumentTypeError(f"{v!r}: expected last:K (K >= 0 units besides the classifier), e.g. last:7")
-    return int(k)

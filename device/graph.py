@@ -180,3 +180,43 @@ def dumps(g: Graph) -> str:
 
 def loads(s: str) -> Graph:
     return verify(from_dict(json.loads(s)))
+
+
+# ---- parameter queries shared by convert/, device/ and firmware_sim/ ---------------------------------
+
+def unit_of(name: str) -> str:
+    """The unit a parameter belongs to: 'stem', 'blocks.<i>', 'head' or 'classifier' (PyTorch or graph names)."""
+    parts = name.split(".")
+    return ".".join(parts[:2]) if parts[0] == "blocks" else parts[0]
+
+
+def units(names: list[str]) -> list[str]:
+    """The units of `names` other than the classifier, in network order (stem, blocks.0 .. blocks.N-1, head)."""
+    order = {"stem": -1, "head": 10 ** 6}
+    return sorted({unit_of(n) for n in names} - {"classifier"},
+                  key=lambda u: int(u.split(".")[1]) if u.startswith("blocks.") else order[u])
+
+
+def last_units(names: list[str], k: int) -> list[str]:
+    """`--trainable-blocks last:k`: the names of the last k units, plus the classifier's (k = 0: the classifier
+    alone). Biases of late layers need no gradient through early, large maps."""
+    if k < 0:
+        raise ValueError(f"last:{k}: k must be >= 0")
+    keep = set(units(names)[len(units(names)) - k:]) if k else set()
+    return [n for n in names if unit_of(n) in keep or unit_of(n) == "classifier"]
+
+
+def last_k_arg(v: str) -> int:
+    """argparse type of `--trainable-blocks last:K` (convert, firmware_sim)."""
+    import argparse
+    kind, _, k = v.partition(":")
+    if kind != "last" or not k.isdigit():
+        raise argparse.ArgumentTypeError(f"{v!r}: expected last:K (K >= 0 units besides the classifier), e.g. last:7")
+    return int(k)
+
+
+def group_norm_params(g: Graph, *, frozen_only: bool = False) -> dict[str, str]:
+    """GroupNorm gamma/beta tensor -> the norm's output tensor, in graph order; frozen_only: those that do not
+    train (the backward through such a norm still needs gamma: bundles ship them, device/bundle.py)."""
+    return {t: op.outputs[0] for op in g.ops if op.kind == "group_norm" for t in op.inputs[1:3]
+            if g.tensors[t].const and not (frozen_only and g.tensors[t].trainable)}

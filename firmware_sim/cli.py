@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from device.bundle import last_k_arg
+from device.graph import last_k_arg
 
 EXAMPLES = {
     "run": "python -m firmware_sim run --bundle bundles/animal --profile mcu-256k --data animal_train.npz \\\n"
@@ -55,7 +55,6 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--work", type=Path, help="keep the converted bundles here (default: a temp folder)")
     cmd("profiles", "List the built-in device profiles.")
     return p
-
 
 
 def cmd_run(a) -> None:

@@ -12,6 +12,8 @@ import hashlib
 import numpy as np
 
 from device.bundle import Bundle
+from device.graph import group_norm_params, unit_of, units  # noqa: F401  unit_of, units: fit.py, tests
+from device.graph import last_units as last_k  # noqa: F401  run.py, fit.py, tests
 from device.optim import OptimConfig
 from device.planner import BudgetError, Plan, check_budget, plan_greedy
 from device.trainer import Trainer
@@ -185,7 +187,7 @@ def with_trainables(bundle: Bundle, names: list[str]) -> Bundle:
     graph = dataclasses.replace(g, tensors=tensors)
     spec = dict(bundle.spec, params=params)
     manifest = dict(bundle.manifest, trainable=[{"name": p["name"], "shape": p["shape"], "dtype": "float32"} for p in params])
-    norm_params = {t for op in g.ops if op.kind == "group_norm" for t in op.inputs[1:3]}
+    norm_params = group_norm_params(g)
     frozen = dict(bundle.frozen) | {n: v for n, v in bundle.trainable.items() if n not in keep and n in norm_params}
     return Bundle(bundle.path, manifest, graph, {n: values[n] for n in names}, spec, frozen)
 
@@ -199,24 +201,6 @@ def _bias_value(eng, ti: int, shape) -> np.ndarray:
     from device.taps import dequantize
     t = eng.tensors[ti]
     return np.asarray(dequantize(t, t.data), np.float32).reshape(shape)
-
-
-def unit_of(name: str) -> str:
-    """'stem', 'blocks.<i>', 'head', 'classifier' (the same rule as convert's --trainable-blocks)."""
-    parts = name.split(".")
-    return ".".join(parts[:2]) if parts[0] == "blocks" else parts[0]
-
-
-def units(names: list[str]) -> list[str]:
-    """Units in network order."""
-    order = {"stem": -1, "head": 10 ** 6}
-    return sorted({unit_of(n) for n in names} - {"classifier"},
-                  key=lambda u: int(u.split(".")[1]) if u.startswith("blocks.") else order[u])
-
-
-def last_k(names: list[str], k: int) -> list[str]:
-    keep = set(units(names)[len(units(names)) - k:]) if k else set()
-    return [n for n in names if unit_of(n) in keep or unit_of(n) == "classifier"]
 
 
 def method_names(bundle: Bundle, method: str) -> list[str]:

@@ -237,8 +237,15 @@ def test_lite_branch_update_refused_on_mcu_256k_offers_the_bias_update(tmp_path,
 def test_trainable_blocks_argument_is_parsed_once_for_both_clis():
     import argparse
 
-    from device.bundle import last_k_arg
+    from convert._bundle import last_blocks
+    from device.graph import last_k_arg, last_units
+    from train.errors import UserError
     assert last_k_arg("last:7") == 7 and last_k_arg("last:0") == 0
+    names = ["stem.conv.bias", "blocks.0.dw.bias", "blocks.10.pw.bias", "blocks.2.pw.bias", "head.conv.bias", "classifier.weight"]
+    assert last_units(names, 2) == ["blocks.10.pw.bias", "head.conv.bias", "classifier.weight"]  # blocks.10 after blocks.2
+    assert last_units(names, 0) == ["classifier.weight"] and target.last_k(names, 2) == last_blocks(names, 2)
+    with pytest.raises(UserError, match="k must be >= 0"):
+        last_blocks(names, -1)
     for bad in ("first:3", "last:", "last:x", "7"):
         with pytest.raises(argparse.ArgumentTypeError, match="expected last:K"):
             last_k_arg(bad)
