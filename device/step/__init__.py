@@ -1,0 +1,1 @@
+"""The update step as one compiled program (device/step/program.py), executed by numpy or the C core."""
