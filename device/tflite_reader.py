@@ -108,6 +108,7 @@ class TensorInfo:
     data: np.ndarray | None = None  # constant data (read-only view of the model bytes), else None
     quant: QuantParams | None = None
     shape_signature: tuple[int, ...] | None = None
+    offset: int | None = None       # byte offset of the constant data in the model bytes (step programs point there)
 
 
 @dataclass
@@ -236,11 +237,11 @@ def read_tflite(model: bytes | bytearray | memoryview | str | Path) -> TFLiteMod
     for b in root.tables(4):
         start, n = b.vector(0)
         if n:
-            buffers.append(buf[start:start + n])
+            buffers.append((start, buf[start:start + n]))
         else:
             off, size = b.scalar(1, "Q", 0), b.scalar(2, "Q", 0)
             # large models: data lives after the flatbuffer, offset from the file start (valid only if > 1)
-            buffers.append(buf[off:off + size] if off > 1 and size else None)
+            buffers.append((off, buf[off:off + size]) if off > 1 and size else None)
             external += off > 1 and size > 0
 
     subgraphs = root.tables(2)
@@ -256,12 +257,14 @@ def read_tflite(model: bytes | bytearray | memoryview | str | Path) -> TFLiteMod
         dtype = DTYPES.get(ttype)
         bidx = int(t.scalar(2, "I", 0))
         data = None
-        raw = buffers[bidx] if 0 < bidx < len(buffers) else None
+        start, raw = buffers[bidx] if 0 < bidx < len(buffers) and buffers[bidx] is not None else (None, None)
         if raw is not None and dtype is not None and len(raw):
             data = np.frombuffer(raw, dtype=np.dtype(dtype).newbyteorder("<")).reshape(shape)
+        else:
+            start = None
         tensors.append(TensorInfo(index=i, name=t.string(3), shape=shape, type=TYPE_NAMES.get(ttype, str(ttype)),
                                   dtype=dtype, buffer=bidx, data=data, quant=_quant(t.table(4)),
-                                  shape_signature=tuple(int(v) for v in sig) if sig.size else None))
+                                  shape_signature=tuple(int(v) for v in sig) if sig.size else None, offset=start))
 
     ops = []
     for i, o in enumerate(sg.tables(3)):

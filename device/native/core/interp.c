@@ -158,6 +158,14 @@ int tt_core_op(int32_t op, tt_rd *r, tt_mem *m) {
     }
 }
 
+static int tt_dispatch(int32_t op, tt_rd *r, tt_mem *m) {
+    if (op < 100) return tt_core_op(op, r, m);
+    if (op < 140) return tt_fwd_int8_op(op, r, m);
+    if (op < 170) return tt_fwd_float_op(op, r, m);
+    if (op < 200) return tt_fwd_extra_op(op, r, m);
+    return tt_bwd_op(op, r, m);
+}
+
 /* Run instructions [first, last) of the program (last < 0: to the end). Returns TT_OK or an error code;
  * *where gets the failing instruction's index. Allocates nothing; touches only arena, model and io. */
 int tt_run(const int32_t *prog, int64_t nwords, uint8_t *arena, int64_t arena_bytes, const uint8_t *model,
@@ -176,7 +184,7 @@ int tt_run(const int32_t *prog, int64_t nwords, uint8_t *arena, int64_t arena_by
         if (k >= first) {
             tt_rd r = { w + 2, w + 2 + w[1], 0 };
             int32_t op = w[0];
-            int rc = op < 100 ? tt_core_op(op, &r, &m) : op < 200 ? tt_fwd_op(op, &r, &m) : tt_bwd_op(op, &r, &m);
+            int rc = tt_dispatch(op, &r, &m);
             if (rc == TT_OK && r.bad) rc = TT_ERR_BOUNDS;
             if (rc != TT_OK) { *where = k; return rc; }
             if (m.skip) return TT_OK;
@@ -188,6 +196,5 @@ int tt_run(const int32_t *prog, int64_t nwords, uint8_t *arena, int64_t arena_by
 
 /* the opcodes this build implements (the host checks a program against it before any step) */
 int tt_has_op(int32_t op) {
-    int rc = op < 100 ? tt_core_op(op, 0, 0) : op < 200 ? tt_fwd_op(op, 0, 0) : tt_bwd_op(op, 0, 0);
-    return rc == TT_OK;
+    return tt_dispatch(op, 0, 0) == TT_OK;
 }

@@ -135,8 +135,10 @@ static inline float tt_sqrtf(float x) { return __builtin_sqrtf(x); }  /* one IEE
  * called with r == NULL it only answers whether it knows the op (TT_OK). An op reads its arguments in its
  * schema's order: sizes first (so references can be bounds-checked), then references, then parameters;
  * it checks r->bad before touching memory. */
-int tt_core_op(int32_t op, tt_rd *r, tt_mem *m);   /* 1..99    interp.c: copies, masks, loss, optimizer, checks */
-int tt_fwd_op(int32_t op, tt_rd *r, tt_mem *m);    /* 100..199 fwd.c: the .tflite ops (int8 and float islands) */
-int tt_bwd_op(int32_t op, tt_rd *r, tt_mem *m);    /* 200..299 bwd.c: backward of the graph ops */
+int tt_core_op(int32_t op, tt_rd *r, tt_mem *m);      /* 1..99    interp.c: copies, masks, loss, optimizer, checks */
+int tt_fwd_int8_op(int32_t op, tt_rd *r, tt_mem *m);  /* 100..139 fwd_int8.c: .tflite ops whose first input is int8 */
+int tt_fwd_float_op(int32_t op, tt_rd *r, tt_mem *m); /* 140..169 fwd_float.c: .tflite ops whose first input is float32 */
+int tt_fwd_extra_op(int32_t op, tt_rd *r, tt_mem *m); /* 170..199 fwd_extra.c: SOFTMAX, LOGISTIC, HARD_SWISH ... */
+int tt_bwd_op(int32_t op, tt_rd *r, tt_mem *m);       /* 200..299 bwd.c: backward of the graph ops */
 
 #endif
