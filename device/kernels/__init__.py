@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from ._common import KernelConfig, UnsupportedOpError
 from ._fixed_point import multiply_by_quantized_multiplier, quantize_multiplier
+from .activations import prepare_hard_swish, prepare_logistic, prepare_softmax
 from .conv import prepare_conv2d, prepare_depthwise, prepare_fully_connected
 from .elementwise import (prepare_binary, prepare_dequantize, prepare_quantize, prepare_relu,
                           prepare_unary_float)
@@ -29,6 +30,7 @@ KERNELS = {
     "MEAN": prepare_mean,
     "AVERAGE_POOL_2D": prepare_pool, "MAX_POOL_2D": prepare_pool,
     "RESIZE_BILINEAR": prepare_resize_bilinear,
+    "SOFTMAX": prepare_softmax, "LOGISTIC": prepare_logistic, "HARD_SWISH": prepare_hard_swish,
 }
 
 __all__ = ["KERNELS", "KernelConfig", "UnsupportedOpError", "multiply_by_quantized_multiplier", "quantize_multiplier"]
