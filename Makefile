@@ -8,7 +8,7 @@ PRESET  ?= default
 FMNIST  := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 STAMP   := $(VENV)/.installed
 
-.PHONY: setup data sshd test train adapt convert simulate demo bench flash clean help _adapt _convert _simulate
+.PHONY: setup native data sshd test train adapt convert simulate demo bench flash clean help _adapt _convert _simulate
 
 help:
 	@echo "make demo   set up, then run the whole pipeline on the bundled data"
@@ -20,7 +20,11 @@ help:
 	@echo "make bench  measurements (tables in bench/results/)"
 	@echo "make flash HOST=user@board [BUNDLE=$(RUNS)/bundle] [PROFILE=rpi4-4g] [SERVICE=1]   deploy to a Pi / Jetson"
 
-setup: $(STAMP) data
+setup: $(STAMP) data native
+
+# The C core (device/native): built with the pinned ziglang package, cached by a hash of its sources (~1 s).
+native: $(STAMP)
+	$(BIN)/python -m device build-native
 
 $(STAMP): pyproject.toml
 	@echo "== creating $(VENV) with $$($(PY) --version)"

@@ -2,5 +2,8 @@
 from .bundle import Bundle, BundleError, load_bundle
 from .graph import Graph, GraphError, Op, Quant, Tensor, verify
 from .litert_peer import LiteRTTrainer
+from .step.program import ProgramError
+from .step.runner import ENGINES, ProgramTrainer, default_engine, make_trainer
 
-__all__ = ["Bundle", "BundleError", "Graph", "GraphError", "LiteRTTrainer", "Op", "Quant", "Tensor", "load_bundle", "verify"]
+__all__ = ["ENGINES", "Bundle", "BundleError", "Graph", "GraphError", "LiteRTTrainer", "Op", "ProgramError", "ProgramTrainer",
+           "Quant", "Tensor", "default_engine", "load_bundle", "make_trainer", "verify"]

@@ -7,17 +7,21 @@ from pathlib import Path
 
 import numpy as np
 
+from .step.runner import ENGINES
+
 B = "bundles/animal"
 EXAMPLES = {
     "inspect": f"python -m device inspect --bundle {B}",
     "plan": f"python -m device plan --bundle {B} --optimizer adam --budget-kb 512",
-    "infer": f"python -m device infer --bundle {B} --images test.npz --engine own --trained trained.npz\n"
+    "infer": f"python -m device infer --bundle {B} --images test.npz --engine native --trained trained.npz\n"
              f"  python -m device infer --tflite model.tflite --input x.npy --output y.npy --engine litert-ref",
     "eval": f"python -m device eval --bundle {B} --data test.npz --trained trained.npz",
     "train": f"python -m device train --bundle {B} --data train.npz --eval-data test.npz --steps 7000 --lr 1e-3 \\\n"
              f"      --optimizer adam --checkpoint-dir ckpt --checkpoint-every 200 --export trained.npz\n"
              f"  find imgs -name '*.pgm' | awk -F/ '{{print $2, $0}}' | python -m device train --bundle {B} --stdin --steps 100",
     "export": f"python -m device export --bundle {B} --checkpoint-dir ckpt --out trained.npz",
+    "build-native": "python -m device build-native                                # this machine's library\n"
+                    "  python -m device build-native --target aarch64-linux-gnu      # Raspberry Pi OS 64-bit / Jetson Linux",
 }
 
 
@@ -37,6 +41,12 @@ def _parser() -> argparse.ArgumentParser:
         s.add_argument("--schedule", choices=("cosine", "constant"), default="cosine")
         s.add_argument("--momentum", type=float, default=0.9, help="sgd momentum")
 
+    def engine(s: argparse.ArgumentParser, litert: bool = True) -> None:
+        s.add_argument("--engine", choices=ENGINES + (("litert", "litert-ref") if litert else ()),
+                       help="native: the compiled step program on the C core (default when built); numpy: the same "
+                            "program on the numpy reference" + ("; litert / litert-ref: LiteRT with XNNPACK / its "
+                                                                 "reference kernels (the bundle's .tflite as shipped)" if litert else ""))
+
     s = cmd("inspect", "Bundle summary: model, input, labels, trainable graph, memory plan of the update step.")
     s.add_argument("--bundle", required=True, type=Path)
     optim(s)
@@ -50,7 +60,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--bundle", type=Path)
     s.add_argument("--images", nargs="+", help=".npz (x[, y]), an image folder, or .npy/.pgm/.ppm files")
     s.add_argument("--trained", type=Path, help="trained parameters (.npz from 'device export')")
-    s.add_argument("--engine", choices=("own", "litert", "litert-ref"), default="own")
+    engine(s)
     s.add_argument("--tflite", type=Path, help="any full-int8 .tflite (with --input/--output)")
     s.add_argument("--input", type=Path, help=".npy of model inputs, (N, ...) in the model's input dtype")
     s.add_argument("--output", type=Path, help=".npy to write the outputs to")
@@ -60,7 +70,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--trained", type=Path)
     s.add_argument("--tflite", type=Path, help="evaluate this int8 .tflite instead of the bundle's (e.g. one 'convert merge' wrote "
                                                "from this bundle); the bundle still gives labels and input quantization")
-    s.add_argument("--engine", choices=("own", "litert", "litert-ref"), default="own")
+    engine(s)
     s.add_argument("--limit", type=int, help="evaluate at most this many samples")
     s = cmd("train", "Batch-1 on-device learning of the trainable parameters (crash-safe, resumable).")
     s.add_argument("--bundle", required=True, type=Path)
@@ -79,10 +89,14 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--log-every", type=int, default=100)
     s.add_argument("--export", type=Path, help="write the trained parameters here at the end")
     s.add_argument("--budget-kb", type=float, help="refuse to start if the step's arena exceeds this")
+    engine(s, litert=False)
     s = cmd("export", "Write the trained parameters of the newest checkpoint as the .npz 'convert merge' takes.")
     s.add_argument("--bundle", required=True, type=Path)
     s.add_argument("--checkpoint-dir", required=True, type=Path)
     s.add_argument("--out", required=True, type=Path)
+    s = cmd("build-native", "Build the C core (the step program's executor) with the pinned ziglang package.")
+    s.add_argument("--target", default=None, help="x86_64-linux-gnu or aarch64-linux-gnu (default: this machine)")
+    s.add_argument("--out", type=Path, help="library path (default device/native/lib/<target>/libtinytl_core.so)")
     return p
 
 
@@ -93,10 +107,15 @@ def _optim(a, steps: int = 1000):
 
 
 def _trainer(a, budgets=None, planner=None, steps: int = 1000):
+    """The plan (inspect, plan) or the runtime (eval, infer) of the bundle; --engine picks who runs the program."""
     from .bundle import load_bundle
     from .planner import plan_greedy
+    from .step.runner import make_trainer
     from .trainer import Trainer
-    return Trainer(load_bundle(a.bundle), _optim(a, steps), planner=planner or plan_greedy, budgets=budgets)
+    b = load_bundle(a.bundle)
+    if hasattr(a, "engine") and a.engine in ENGINES + (None,):
+        return make_trainer(b, _optim(a, steps), planner=planner or plan_greedy, budgets=budgets, engine=a.engine)
+    return Trainer(b, _optim(a, steps), planner=planner or plan_greedy, budgets=budgets)
 
 
 def _plan_summary(tr) -> str:
@@ -152,7 +171,7 @@ def _interpreter(path: Path, engine: str):
         try:
             from tflite_runtime.interpreter import Interpreter, OpResolverType  # type: ignore
         except ImportError:
-            raise SystemExit("error: --engine litert needs ai_edge_litert or tflite_runtime; use --engine own") from None
+            raise SystemExit("error: --engine litert needs ai_edge_litert or tflite_runtime; use --engine native") from None
     kind = OpResolverType.BUILTIN_REF if engine == "litert-ref" else OpResolverType.AUTO
     it = Interpreter(model_path=str(path), experimental_op_resolver_type=kind)
     it.allocate_tensors()
@@ -175,14 +194,14 @@ def _logits(a, xq: np.ndarray) -> np.ndarray:
         if a.trained:
             raise SystemExit("error: --tflite and --trained exclude each other: a merged .tflite already holds the trained parameters")
         return _tflite_logits(a.tflite, a.engine, xq)
-    if a.engine == "own":
+    if a.engine in ENGINES + (None,):
         tr = _trainer(a)
         if a.trained:
             tr.load_state(tr.state() | {f"param/{k}": v for k, v in load_trained(tr.bundle, a.trained).items()})
         return tr.predict(xq)
     if a.trained:
         raise SystemExit("error: LiteRT runs the bundle's .tflite as shipped; merge trained parameters on the host "
-                         "first ('python -m convert merge') and pass the result with --tflite, or use --engine own")
+                         "first ('python -m convert merge') and pass the result with --tflite, or use --engine native")
     return _run_litert(_interpreter(a.bundle / "inference.tflite", a.engine), xq).astype(np.float32)
 
 
@@ -193,14 +212,21 @@ def _tflite_logits(path: Path, engine: str, xq: np.ndarray) -> np.ndarray:
         raise SystemExit(f"error: {path}: no such .tflite")
     model = read_tflite(path)
     _same_input(path, model.tensors[model.inputs[0]].shape, xq)  # before any kernel or interpreter: another model
-    if engine == "own":                                          # may hold ops we lack
-        from .engine import Engine
-        eng = Engine(model)
-        return eng.dequantize_output(eng.run(xq))
+    if engine in ENGINES + (None,):                              # may hold ops we lack
+        y = _own_inference(path, engine, xq)
+        q = model.tensors[model.outputs[0]].quant
+        return (y.astype(np.float32) - q.zero_point[0]) * np.float32(q.scale[0]) if q is not None else y.astype(np.float32)
     it = _interpreter(path, engine)
     scale, zero = it.get_output_details()[0]["quantization"]
     y = _run_litert(it, xq).astype(np.float32)
     return (y - zero) * scale if scale else y
+
+
+def _own_inference(path: Path, engine: str, x: np.ndarray) -> np.ndarray:
+    """Any int8 .tflite compiled into an inference program, run by the C core or numpy (batch 1)."""
+    from .step.infer import InferenceProgram
+    from .step.runner import default_engine
+    return InferenceProgram(path, engine=engine or default_engine()).run(x)
 
 
 def _same_input(path: Path, shape, xq: np.ndarray) -> None:
@@ -230,9 +256,8 @@ def cmd_infer(a) -> None:
         if not (a.input and a.output):
             raise SystemExit("error: --tflite needs --input X.npy and --output Y.npy")
         x = np.load(a.input, allow_pickle=False)
-        if a.engine == "own":
-            from .engine import Engine
-            y = Engine(a.tflite).run(x)
+        if a.engine in ENGINES + (None,):
+            y = _own_inference(a.tflite, a.engine, x)
         else:
             y = _run_litert(_interpreter(a.tflite, a.engine), x)
         np.save(a.output, y)
@@ -257,18 +282,19 @@ def cmd_eval(a) -> None:
     x, y = x[:a.limit], y[:a.limit]
     check_labels(y, len(b.labels), a.data)
     acc = float((_logits(a, to_model_input(x, b.manifest, a.data)).argmax(1) == y).mean())
-    print(f"accuracy {acc:.4f} on {len(y)} samples ({a.engine} engine{', trained parameters' if a.trained else ''})")
+    print(f"accuracy {acc:.4f} on {len(y)} samples ({a.engine or 'default'} engine{', trained parameters' if a.trained else ''})")
 
 
 def cmd_train(a) -> None:
     from .bundle import load_bundle
     from .data import load_labelled, stream
     from .loop import LoopConfig, export, train
-    from .trainer import Trainer
+    from .step.runner import make_trainer
     b = load_bundle(a.bundle)
     budgets = {"sram": int(a.budget_kb * 1024)} if a.budget_kb else None
-    tr = Trainer(b, _optim(a, a.steps), budgets=budgets)  # the plan is computed and checked before the first step
-    print(_plan_summary(tr))
+    # the plan is computed and checked before the first step
+    tr = make_trainer(b, _optim(a, a.steps), budgets=budgets, engine=a.engine)
+    print(_plan_summary(tr) + f"; engine {getattr(tr, 'engine_name', 'numpy (Trainer)')}")
     data = load_labelled(a.data, b.labels) if a.data else None
     ev = None
     if a.eval_data:
@@ -309,6 +335,12 @@ def cmd_export(a) -> None:
           + (f" + {kept} unchanged from the bundle (frozen in that run)" if kept else "") + f", {a.out.stat().st_size:,} bytes")
 
 
+def cmd_build_native(a) -> None:
+    from .native import host_target
+    from .native.build import build
+    build(a.target or host_target(), out=a.out, quiet=False)
+
+
 def main(argv: list[str] | None = None) -> int:
     from .bundle import BundleError
     from .checkpoint import CheckpointError
@@ -316,13 +348,17 @@ def main(argv: list[str] | None = None) -> int:
     from .kernels import UnsupportedOpError
     from .planner import BudgetError
     from .tflite_reader import TFLiteFormatError
+    from .native import NativeError
+    from .native.build import BuildError
+    from .step.program import ProgramError
     from .trainer import TrainError
     a = _parser().parse_args(argv)
     try:
         {"inspect": cmd_inspect, "plan": cmd_plan, "infer": cmd_infer, "eval": cmd_eval, "train": cmd_train,
-         "export": cmd_export}[a.cmd](a)
+         "export": cmd_export, "build-native": cmd_build_native}[a.cmd](a)
         return 0
-    except (BundleError, CheckpointError, DataError, UnsupportedOpError, TFLiteFormatError, TrainError, BudgetError) as e:
+    except (BundleError, CheckpointError, DataError, UnsupportedOpError, TFLiteFormatError, TrainError, BudgetError,
+            ProgramError, NativeError, BuildError) as e:
         first = str(e).splitlines()
         print(f"error: {first[0]}" + ("".join(f"\n  {l}" for l in first[1:]) if isinstance(e, BudgetError) else ""), file=sys.stderr)
         return 2

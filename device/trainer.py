@@ -41,7 +41,7 @@ class Trainer:
                  region: str = "sram"):
         self.bundle, self.cfg, self.region = bundle, optim, region
         g = self.graph = bundle.graph
-        self.engine = Engine(bundle.tflite_path)
+        self.engine = self._make_engine()
         self.taps = Taps(g, self.engine, bundle.frozen)
         self.names = [p["name"] for p in bundle.spec["params"]]
         self.slots = {p["name"]: p["slot"] for p in bundle.spec["params"]}
@@ -54,15 +54,7 @@ class Trainer:
                 req.update(op.outputs)
         self.req = {t for t in req if not g.tensors[t].const}
         self.bwd = [op for op in reversed(g.ops) if op.outputs[0] in self.req]
-        self.frozen = {}
-        for op in self.bwd:
-            for pos in ((1,) if op.kind in ("conv2d", "fully_connected", "group_norm") else ()):
-                if op.inputs[pos] not in self.slots:
-                    self.frozen[op.inputs[pos]] = self.taps.frozen_param(op, pos)
-        if self.head.inputs[1] not in self.slots:
-            self.frozen[self.head.inputs[1]] = self.taps.frozen_param(self.head, 1)
-        if self.head.inputs[2] not in self.slots:
-            self.frozen[self.head.inputs[2]] = self.taps.frozen_param(self.head, 2)
+        self._frozen: dict | None = None
         self.specs = self._specs()
         self.plan = make_plan(self.specs, planner)
         if budgets is not None:
@@ -74,6 +66,24 @@ class Trainer:
                 self.arena[f"opt{k}:{n}"][...] = 0
         self.updates = 0          # applied updates (Adam's t)
         self._dirty = True
+
+    def _make_engine(self):
+        return Engine(self.bundle.tflite_path)
+
+    @property
+    def frozen(self) -> dict[str, np.ndarray]:
+        """float32 copies of the frozen weights the numpy backward multiplies by (outside the arena; the step
+        program reads them from the model buffer instead, device/step/)."""
+        if self._frozen is None:
+            self._frozen = {}
+            for op in self.bwd:
+                for pos in ((1,) if op.kind in ("conv2d", "fully_connected", "group_norm") else ()):
+                    if op.inputs[pos] not in self.slots:
+                        self._frozen[op.inputs[pos]] = self.taps.frozen_param(op, pos)
+            for pos in (1, 2):
+                if self.head.inputs[pos] not in self.slots:
+                    self._frozen[self.head.inputs[pos]] = self.taps.frozen_param(self.head, pos)
+        return self._frozen
 
     # ---- schedule and buffers -------------------------------------------------------------------
     def _specs(self) -> dict[str, Spec]:

@@ -42,6 +42,8 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--checkpoint-every", type=int, default=50)
     s.add_argument("--eval-every", type=int, default=50)
     s.add_argument("--eval-limit", type=int, default=500)
+    s.add_argument("--engine", choices=("native", "numpy"),
+                   help="who runs the step program: the C core (default when built) or the numpy reference")
     s.add_argument("--power-loss-at", action="append", default=[], metavar="STEP[:PHASE]|random",
                    help="cut the power (repeatable); phases: forward, backward, update, ckpt-write, ckpt-fsync, "
                         "ckpt-rename, ckpt-cleanup")
@@ -69,7 +71,7 @@ def cmd_run(a) -> None:
     cuts = tuple(sorted((faults.parse_cut(c, a.steps, rng) for c in a.power_loss_at), key=lambda c: c.step))
     cfg = SimConfig(steps=a.steps, seed=a.seed, optimizer=a.optimizer, lr=a.lr, trainables=a.trainables,
                     last_k=a.trainable_blocks, checkpoint_every=a.checkpoint_every, eval_every=a.eval_every,
-                    eval_limit=a.eval_limit, cuts=cuts)
+                    eval_limit=a.eval_limit, cuts=cuts, engine=a.engine)
     data = load_labelled(a.data, bundle.labels)
     ev = load_labelled(a.eval_data, bundle.labels) if a.eval_data else None
     ckpt = a.out / "checkpoints"

@@ -157,6 +157,15 @@ def _npz_size(state: dict, meta: dict) -> int:
 
 def _arm_step(tr, cut: Cut, restore: list) -> None:
     """Make this step fail partway through its phase."""
+    if hasattr(tr, "program"):  # the step program: stop at the instruction `fraction` into the phase's section
+        first, last = tr.program.section(cut.phase)
+        at = first + int(cut.fraction * (last - first))
+
+        def lose() -> None:
+            raise PowerLoss(f"power lost in the {cut.phase}, before instruction {at} of the step program "
+                            f"({tr.program.instrs[at].note}; {cut})")
+        tr.cut_at = (at, lose)
+        return
     if cut.phase == "forward":
         ops = len(tr.engine.ops)
         at = int(cut.fraction * ops)

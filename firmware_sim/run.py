@@ -54,6 +54,7 @@ class SimConfig:
     eval_every: int = 50                # steps between accuracy points (each also a checkpoint)
     eval_limit: int = 500               # held-out samples per accuracy point
     cuts: tuple = field(default_factory=tuple)  # faults.Cut, in order
+    engine: str | None = None           # native (the step program on the C core) | numpy | None: native if built
 
     def optim(self) -> OptimConfig:
         return OptimConfig(self.optimizer, lr=self.lr, schedule=self.schedule, total_steps=max(1, self.steps))
@@ -128,7 +129,7 @@ def plan_or_refuse(bundle: Bundle, cfg: SimConfig, profile: Profile, weights: in
     """Build the target's trainer, or raise SimRefused before any step."""
     b = select(bundle, cfg)
     try:
-        tr = target.build_trainer(b, profile, cfg.optim(), weights=weights)
+        tr = target.build_trainer(b, profile, cfg.optim(), weights=weights, engine=cfg.engine)
     except BudgetError as e:
         what = {"ft-full": "FT-Full (every conv weight trains: it cannot be an int8 bundle, so this plan applies the "
                            "device's buffer rules to the bundle's graph with all weights float32 and trainable)"}.get(
@@ -221,7 +222,7 @@ def simulate(bundle_path: str | Path, profile: Profile, cfg: SimConfig, data: tu
         "bundle": str(bundle_path), "method": bundle.manifest.get("method"), "config": cfg, "curve": curve,
         "weights_bytes": flash.size, "flash_sha256": flash.sha256, "macs": macs, "step_seconds_est": step_s,
         "step_mj_est": step_s * profile.power_mw if profile.power_mw else None,
-        "host_ms_per_step": 1e3 * seconds / max(1, host_steps), "events": events, "boots": boots,
+        "host_ms_per_step": 1e3 * seconds / max(1, host_steps), "engine": getattr(tr, "engine_name", "numpy (Trainer)"), "events": events, "boots": boots,
         "canary_ok": _canary_ok(tr), "checkpoints": readable, "params": {n: v.copy() for n, v in tr.params.items()},
         "eval_samples": len(ev[1]), "eval_source": "eval data" if eval_data is not None else "training data (no --eval-data)",
     }

@@ -74,14 +74,34 @@ def check_weights(bundle: Bundle, need: int, profile: Profile) -> None:
                          f"or resolution is needed")
 
 
-def place_weights(tr: Trainer, profile: Profile) -> Flash:
+class ModelFlash:
+    """The step program's flash: the .tflite bytes the C core / numpy executor read frozen constants from
+    (a read-only array); verify() checks after the run that nothing wrote there."""
+
+    def __init__(self, model: np.ndarray, size: int):
+        self.image, self.size = model, size
+        self.sha256 = self.digest()
+
+    def digest(self) -> str:
+        return hashlib.sha256(self.image.tobytes()).hexdigest()
+
+    def verify(self) -> None:
+        if self.digest() != self.sha256:
+            raise FlashWriteFault("the model buffer (flash) changed during the run")
+
+
+def place_weights(tr: Trainer, profile: Profile) -> Flash | ModelFlash:
     """Move every constant the engine reads into one read-only image and re-prepare the kernels on it
     (Engine.set_constants: the kernels' derived caches, e.g. float64 matrices for the exact BLAS path, are
     host speed-ups of reading flash). Trainable slots are re-encoded into RAM by the trainer's patch().
     The trainer's dequantized float copies of frozen weights (read by backward) become read-only too."""
     eng = tr.engine
     consts = {t.index: t.data for t in eng.tensors if t.data is not None}
-    check_weights(tr.bundle, sum(-(-a.nbytes // 16) * 16 for a in consts.values()), profile)
+    need = sum(-(-a.nbytes // 16) * 16 for a in consts.values())
+    check_weights(tr.bundle, need, profile)
+    if hasattr(tr, "program"):  # the step program reads constants where they sit in the read-only model buffer
+        tr.model.flags.writeable = False
+        return ModelFlash(tr.model, need)
     flash = Flash(consts)
     eng.set_constants({i: (v, None) for i, v in flash.views.items()})
     for v in tr.frozen.values():
@@ -97,14 +117,17 @@ def budgets_for(profile: Profile, weights: int = 0) -> dict[str, int]:
     return {region: b - (weights if profile.weight_region == region else 0)}
 
 
-def build_trainer(bundle: Bundle, profile: Profile, optim: OptimConfig, *, weights: int | None = None) -> Trainer:
+def build_trainer(bundle: Bundle, profile: Profile, optim: OptimConfig, *, weights: int | None = None,
+                  engine: str | None = None) -> Trainer:
     """A Trainer whose plan was checked against the profile before any arena existed (BudgetError otherwise,
-    carrying .plan), then moved into an arena of exactly the budget (MCU) or the plan plus a guard zone (board)."""
+    carrying .plan), then moved into an arena of exactly the budget (MCU) or the plan plus a guard zone (board).
+    engine: "native" (the step program on the C core), "numpy" (the same program on numpy), None: native if built."""
+    from device import make_trainer
     region = profile.step_region
     if weights is None:
         weights = _const_bytes(bundle)
     budgets = budgets_for(profile, weights)
-    tr = Trainer(bundle, optim, budgets=budgets, region=region)
+    tr = make_trainer(bundle, optim, budgets=budgets, region=region, engine=engine)
     from device.memplan import Arena
     state = tr.state()
     # an MCU's arena is exactly its budget; a board's DRAM budget (hundreds of MB) gets the plan plus a guard zone

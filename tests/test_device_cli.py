@@ -53,13 +53,13 @@ def test_inspect_plan_infer_eval(lb, tmp_path_factory, tmp_path):
     (tmp_path / "b.pgm").write_bytes(b"P5\n28 28\n255\n" + x[1].tobytes())
     r = run("infer", "--bundle", lb, "--images", tmp_path / "a.npy", tmp_path / "b.pgm")
     assert r.returncode == 0 and len(r.stdout.splitlines()) == 2
-    # any full-int8 .tflite: own engine == LiteRT reference kernels, byte for byte
+    # any full-int8 .tflite: our engine == LiteRT reference kernels, byte for byte
     xq = np.random.default_rng(0).integers(-128, 128, (4, 32, 32, 1)).astype(np.int8)
     np.save(tmp_path / "x.npy", xq)
-    for eng in ("own", "litert-ref"):
+    for eng in ("numpy", "litert-ref"):
         assert run("infer", "--tflite", lb / "inference.tflite", "--input", tmp_path / "x.npy", "--output", tmp_path / f"{eng}.npy",
                    "--engine", eng).returncode == 0
-    assert np.array_equal(np.load(tmp_path / "own.npy"), np.load(tmp_path / "litert-ref.npy"))
+    assert np.array_equal(np.load(tmp_path / "numpy.npy"), np.load(tmp_path / "litert-ref.npy"))
 
 
 def test_bad_bundles(lb, tmp_path):
@@ -143,6 +143,6 @@ def test_partial_run_export_merge_eval_with_litert(lb, tmp_path_factory, tmp_pat
                             f"open({str(tmp_path / 'other.tflite')!r}, 'wb').write(tf.lite.TFLiteConverter.from_concrete_functions("
                             "[f.get_concrete_function()]).convert())"], capture_output=True, text=True)
     assert other.returncode == 0, other.stderr[-1500:]
-    for eng in ("own", "litert"):
+    for eng in ("numpy", "litert"):
         one_line_error(run("eval", "--bundle", lb, "--data", test, "--tflite", tmp_path / "other.tflite", "--engine", eng),
                        "other.tflite", "input [28, 28, 1]", "[32, 32, 1]")
