@@ -79,6 +79,7 @@ def conv_dx(mem, h, w, cin, oh, ow, cout, kh, kw, stride, pad_top, pad_left, gro
         out[...] = 0
     ci = np.arange(cin)
     g_ci, l_ci = ci // cig, ci % cig                           # each input channel's group and index in it
+    co = g_ci[:, None] * cog + np.arange(cog)[None, :]         # (cin, cog): ci's output channels, increasing
     for i in range(kh):
         ylo, yhi = tap_range(h, oh, stride, pad_top, i)
         for j in range(kw):
@@ -86,10 +87,18 @@ def conv_dx(mem, h, w, cin, oh, ow, cout, kh, kw, stride, pad_top, pad_left, gro
             if ylo == yhi or xlo == xhi:
                 continue
             win = out[_window(h, stride, pad_top, i, ylo, yhi), _window(w, stride, pad_left, j, xlo, xhi)]
-            dwin = d[ylo:yhi, xlo:xhi]
-            for k in range(cog):                               # co = group * cog + k: increasing per ci
-                co = g_ci * cog + k
-                win += dwin[:, :, co] * wf[i, j, l_ci, co]
+            dwin = d[ylo:yhi, xlo:xhi].reshape(-1, cout)
+            wsel = wf[i, j][l_ci[:, None], co]                 # (cin, cog)
+            flat = win.reshape(-1, cin) if win.flags.c_contiguous else win.copy().reshape(-1, cin)
+            step = max(1, (1 << 22) // max(1, cin * (cog + 1)))   # positions per chunk: bounded temporaries
+            for p0 in range(0, flat.shape[0], step):
+                # the chain win + t_0 + t_1 + ... for every element at once: np.cumsum adds in order
+                chain = np.empty((min(step, flat.shape[0] - p0), cin, cog + 1), F32)
+                chain[:, :, 0] = flat[p0:p0 + step]
+                np.multiply(dwin[p0:p0 + step][:, co], wsel, out=chain[:, :, 1:])
+                flat[p0:p0 + step] = np.cumsum(chain, axis=2, dtype=F32)[:, :, -1]
+            if not win.flags.c_contiguous:
+                win[...] = flat.reshape(win.shape)
 
 
 def _dw_weights(wt, kh, kw, c, wkind, wscale, wzp) -> np.ndarray:

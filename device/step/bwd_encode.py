@@ -24,33 +24,43 @@ def encode(op, tr, at, dy, target) -> list[Instr]:
     shape = g.tensors[x].shape
     out: list[Instr] = []
     if op.kind == "conv2d":
-        if _trainable(tr, op, 1):
-            raise ProgramError(f"'{op.inputs[1]}' trains: a trainable conv weight is not compiled by this runtime yet "
-                               "(use --engine numpy for TinyTL-L, L+B and FT-Full)")
         kh, kw, cig, co = g.tensors[op.inputs[1]].shape
         _, h, w, cin = shape
         _, oh, ow, _ = g.tensors[op.outputs[0]].shape
+        s, (pt, _pb, pl, _pr), groups = op.attrs["stride"], op.attrs["pad"], op.attrs["groups"]
+        depthwise = groups == cin == co and cig == 1
+        geo = dict(h=h, w=w, oh=oh, ow=ow, kh=kh, kw=kw, stride=s, pad_top=pt, pad_left=pl)
+        geo_dense = dict(geo, cin=cin, cout=co, groups=groups)
+        geo_dw = dict(geo, c=cin)
         top = taps.tflite_op(op.outputs[0])
-        wt = eng.tensors[top.inputs[1]]
-        wref = at.ref(top.inputs[1])
-        wkind = 0 if wt.type == "INT8" else 1
-        wscale = wt.quant.scale.astype(np.float32) if wkind == 0 else np.zeros(0, np.float32)
-        wzp = int(wt.quant.zero_point[0]) if wkind == 0 else 0
+        if depthwise and top.name != "DEPTHWISE_CONV_2D":
+            raise ProgramError(f"{op.name}: depthwise in the graph but {top.name} in the .tflite")
+        if _trainable(tr, op, 1):              # a float lite-branch weight: in the arena, the graph's layout (HWIO)
+            wref = at.arena(f"param:{op.inputs[1]}")
+            wkind, wscale, wzp = 2, np.zeros(0, np.float32), 0
+            xs = at.arena(f"saved:{x}")
+            xt = eng.tensors[taps.index[x]]
+            xq = dict(xkind=1 if xt.type == "INT8" else 0, xscale=float(xt.quant.scale[0]) if xt.type == "INT8" else 0.0,
+                      xzp=int(xt.quant.zero_point[0]) if xt.type == "INT8" else 0)
+            dw = at.arena(f"pgrad:{op.inputs[1]}")
+            if depthwise:
+                out.append(Instr("dwconv_dw", dict(geo_dw, x=xs, dy=dy, dw=dw, **xq)))
+            else:
+                out.append(Instr("conv_dw", dict(geo_dense, x=xs, dy=dy, dw=dw, **xq)))
+        else:                                  # frozen: read where it sits in the .tflite, dequantized as it goes
+            wt = eng.tensors[top.inputs[1]]
+            wref = at.ref(top.inputs[1])
+            wkind = 0 if wt.type == "INT8" else 1
+            wscale = wt.quant.scale.astype(np.float32) if wkind == 0 else np.zeros(0, np.float32)
+            wzp = int(wt.quant.zero_point[0]) if wkind == 0 else 0
         if _trainable(tr, op, 2):
             out.append(Instr("bias_grad", dict(npos=oh * ow, c=co, dy=dy, db=at.arena(f"pgrad:{op.inputs[2]}"))))
         dx, acc = target(x)
         if dx is not NONE:
-            s, (pt, _pb, pl, _pr), groups = op.attrs["stride"], op.attrs["pad"], op.attrs["groups"]
-            if groups == cin == co and cig == 1:
-                if top.name != "DEPTHWISE_CONV_2D":
-                    raise ProgramError(f"{op.name}: depthwise in the graph but {top.name} in the .tflite")
-                out.append(Instr("dwconv_dx", dict(h=h, w=w, c=cin, oh=oh, ow=ow, kh=kh, kw=kw, stride=s, pad_top=pt,
-                                                   pad_left=pl, wkind=wkind, acc=acc, dy=dy, wt=wref, dx=dx,
-                                                   wscale=wscale, wzp=wzp)))
+            if depthwise:
+                out.append(Instr("dwconv_dx", dict(geo_dw, wkind=wkind, acc=acc, dy=dy, wt=wref, dx=dx, wscale=wscale, wzp=wzp)))
             else:
-                out.append(Instr("conv_dx", dict(h=h, w=w, cin=cin, oh=oh, ow=ow, cout=co, kh=kh, kw=kw, stride=s,
-                                                 pad_top=pt, pad_left=pl, groups=groups, wkind=wkind, acc=acc, dy=dy,
-                                                 wt=wref, dx=dx, wscale=wscale, wzp=wzp)))
+                out.append(Instr("conv_dx", dict(geo_dense, wkind=wkind, acc=acc, dy=dy, wt=wref, dx=dx, wscale=wscale, wzp=wzp)))
     elif op.kind == "fully_connected":
         if not (_trainable(tr, op, 1) and _trainable(tr, op, 2)):
             raise ProgramError(f"{op.name}: a frozen classifier is not compiled by this runtime (it trains in every method)")
@@ -66,19 +76,19 @@ def encode(op, tr, at, dy, target) -> list[Instr]:
         if dx is not NONE:
             out.append(Instr("relu_bwd", dict(n=int(np.prod(shape)), acc=acc, dy=dy, mask=at.arena(f"mask:{op.outputs[0]}"), dx=dx)))
     elif op.kind == "group_norm":
-        if _trainable(tr, op, 1) or _trainable(tr, op, 2):
-            raise ProgramError(f"'{op.inputs[1]}' trains: a trainable GroupNorm is not compiled by this runtime yet "
-                               "(use --engine numpy for TinyTL-L and L+B)")
         _, h, w, c = shape
         xt = eng.tensors[taps.index[x]]
         xkind = 1 if xt.type == "INT8" else 0
         dx, acc = target(x)
-        if dx is not NONE:
+        gamma_trains, beta_trains = _trainable(tr, op, 1), _trainable(tr, op, 2)
+        if dx is not NONE or gamma_trains or beta_trains:
             out.append(Instr("group_norm_bwd", dict(
                 hw=h * w, c=c, groups=op.attrs["groups"], xkind=xkind, acc=acc, x=at.arena(f"saved:{x}"), dy=dy, dx=dx,
-                gamma_ref=NONE, dgamma=NONE, dbeta=NONE, eps=float(op.attrs["eps"]),
-                gamma=taps.frozen_param(op, 1), xscale=float(xt.quant.scale[0]) if xkind else 0.0,
-                xzp=int(xt.quant.zero_point[0]) if xkind else 0)))
+                gamma_ref=at.arena(f"param:{op.inputs[1]}") if gamma_trains else NONE,
+                dgamma=at.arena(f"pgrad:{op.inputs[1]}") if gamma_trains else NONE,
+                dbeta=at.arena(f"pgrad:{op.inputs[2]}") if beta_trains else NONE, eps=float(op.attrs["eps"]),
+                gamma=np.zeros(0, np.float32) if gamma_trains else taps.frozen_param(op, 1),
+                xscale=float(xt.quant.scale[0]) if xkind else 0.0, xzp=int(xt.quant.zero_point[0]) if xkind else 0)))
     elif op.kind == "add":
         n = int(np.prod(shape))
         for t in (op.inputs[1], x):                  # the order the numpy Trainer emits them in

@@ -10,9 +10,10 @@ offset; the .tflite gives every frozen constant its offset in the model buffer; 
   4. a non-finite check of every parameter gradient, then SGD or Adam on every parameter, then `applied`
 
 Sections: "forward" (1) and "head" (the float head alone) make `predict`; the whole list is one step.
-What this slice compiles: trainable conv/FC biases and the float classifier (TinyTL-B, FT-Last and their
-`--trainable-blocks` subsets, with frozen lite branches); a trainable weight inside the graph (TinyTL-L,
-L+B, FT-Full) is refused with a ProgramError naming it (the numpy Trainer still runs those).
+What it compiles: trainable int8-conv biases (encoded per channel by the conv kernel), float lite-branch
+weights, GroupNorm gamma/beta (read where they sit in the arena) and the float classifier: TinyTL-B, TinyTL-L,
+L+B, FT-Last and their `--trainable-blocks` subsets. A trainable int8 conv weight (FT-Full, which cannot be an
+int8 bundle anyway) is refused with a ProgramError naming it.
 """
 from __future__ import annotations
 
@@ -46,14 +47,25 @@ class _Operands:
         if i < 0:
             return NONE
         t = self.tensors[i]
-        if i in self.slot_of:
+        if i in self.slot_of:  # a trainable float32 parameter read by a float-island op: its arena bytes
             n = self.slot_of[i]
-            raise ProgramError(f"trainable parameter '{n}' (.tflite tensor #{i} '{t.name}', {self.tr.slots[n]['dtype']}) "
-                               "is read by the forward as a weight: this runtime compiles trainable biases and the "
-                               "classifier only; use --engine numpy for lite-branch or full fine-tuning")
+            slot = self.tr.slots[n]
+            if slot["dtype"] != "float32" or slot["layout"] != "plain":
+                raise ProgramError(f"trainable parameter '{n}' (.tflite tensor #{i} '{t.name}', {slot['dtype']}, "
+                                   f"{slot['layout']}) is read by .tflite op {slot['op']} {slot['op_name']} as a "
+                                   "constant: the step program has no kernel reading it from the arena")
+            return Ref(ARENA, self.tr.plan.offsets[f"param:{n}"], "float32", tuple(t.shape))
         if t.data is None:
             return self.arena(f"act:{i}")
         return Ref(MODEL, int(t.offset), np.dtype(t.dtype).name, tuple(t.shape))
+
+    def filter(self, i: int) -> tuple[Ref, int]:
+        """A float conv filter: (Ref, layout) with layout 0 = OHWI in the model, 1 = HWIO, a trainable weight
+        in the arena in the graph's layout (device/graph.py)."""
+        if i in self.slot_of and self.tr.slots[self.slot_of[i]]["layout"] == "conv_weight":
+            n = self.slot_of[i]
+            return Ref(ARENA, self.tr.plan.offsets[f"param:{n}"], "float32", tuple(self.tr.graph.tensors[n].shape)), 1
+        return self.ref(i), 0
 
     def bias(self, i: int):
         if i < 0:

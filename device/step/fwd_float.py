@@ -59,9 +59,12 @@ def _extent(o: int, k: int, s: int, d: int) -> int:
 
 
 @op("conv2d_f32", 140, "h:i32 w:i32 cin:i32 oh:i32 ow:i32 cout:i32 kh:i32 kw:i32 cin_g:i32 x:ref f:ref b:ref y:ref "
-    "sh:i32 sw:i32 dh:i32 dw:i32 pt:i32 pl:i32 lo:f32 hi:f32")
-def conv2d_f32(mem, h, w, cin, oh, ow, cout, kh, kw, cin_g, x, f, b, y, sh, sw, dh, dw, pt, pl, lo, hi):
-    """CONV_2D (grouped when cin_g < cin): x (1, h, w, cin), f (cout, kh, kw, cin_g) OHWI, y (1, oh, ow, cout)."""
+    "sh:i32 sw:i32 dh:i32 dw:i32 pt:i32 pl:i32 lo:f32 hi:f32 wlayout:i32")
+def conv2d_f32(mem, h, w, cin, oh, ow, cout, kh, kw, cin_g, x, f, b, y, sh, sw, dh, dw, pt, pl, lo, hi, wlayout):
+    """CONV_2D (grouped when cin_g < cin): x (1, h, w, cin), y (1, oh, ow, cout); f (cout, kh, kw, cin_g) OHWI as
+    in the .tflite (wlayout 0) or (kh, kw, cin_g, cout) HWIO, a trainable weight in the arena (wlayout 1)."""
+    if wlayout == 1:
+        f = f.reshape(kh, kw, cin_g, cout).transpose(3, 0, 1, 2)
     groups = cin // cin_g
     cg = cout // groups
     xp = _pad_zero(x.reshape(h, w, cin), pt, pl, max(pt + h, _extent(oh, kh, sh, dh)), max(pl + w, _extent(ow, kw, sw, dw)))
@@ -245,9 +248,10 @@ def encode_conv(op_: OpInfo, tensors: list[TensorInfo], at) -> list[Instr]:
         raise UnsupportedOpError(op_, tensors, "output shape differs from the geometry")
     b = op_.inputs[2] if len(op_.inputs) > 2 else -1
     lo, hi = _act(op_, tensors)
+    f, wlayout = at.filter(op_.inputs[1]) if hasattr(at, "filter") else (at.ref(op_.inputs[1]), 0)
     return [Instr("conv2d_f32", dict(h=h, w=w, cin=cin, cout=cout, kh=kh, kw=kw, cin_g=cin_g, x=at.ref(op_.inputs[0]),
-                                     f=at.ref(op_.inputs[1]), b=at.ref(b), y=at.ref(op_.outputs[0]), dh=dh, dw=dw,
-                                     lo=lo, hi=hi, **g), _note(op_))]
+                                     f=f, b=at.ref(b), y=at.ref(op_.outputs[0]), dh=dh, dw=dw,
+                                     lo=lo, hi=hi, wlayout=wlayout, **g), _note(op_))]
 
 
 def encode_depthwise(op_: OpInfo, tensors: list[TensorInfo], at) -> list[Instr]:

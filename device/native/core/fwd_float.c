@@ -35,8 +35,8 @@ static window rd_window(tt_rd *r) {
     return g;
 }
 
-/* op 140 CONV2D_F32 (fwd_float.conv2d_f32): h, w, cin, oh, ow, cout, kh, kw, cin_g; x, f (OHWI), b (or none),
- * y; sh, sw, dh, dw, pt, pl, lo, hi. Grouped when cin_g < cin: output channel o reads input channels
+/* op 140 CONV2D_F32 (fwd_float.conv2d_f32): h, w, cin, oh, ow, cout, kh, kw, cin_g; x, f, b (or none), y;
+ * sh, sw, dh, dw, pt, pl, lo, hi, wlayout (0: f is OHWI as in the .tflite; 1: HWIO, a trainable weight). Grouped when cin_g < cin: output channel o reads input channels
  * [g cin_g, (g + 1) cin_g), g = o / (cout / groups). Per output: acc = +0, + x * f over (ky, kx, ci) in that
  * order (a tap in the padding adds 0 * f, as the engine's zero padding), + bias, clamp.
  * Four output channels at a time: four independent sums, each still in (ky, kx, ci) order. */
@@ -51,8 +51,13 @@ static int op_conv2d(tt_rd *r, tt_mem *m) {
     float *y = (float *)rd_ref(r, m, (int64_t)oh * ow * cout * 4);
     window g = rd_window(r);
     float lo = rd_f32(r), hi = rd_f32(r);
+    int32_t wlayout = rd_i32(r);
     if (r->bad || !x || !f || !y) return TT_ERR_BOUNDS;
-    const int32_t cout_g = cout / (cin / cin_g), k = kh * kw * cin_g;
+    if (wlayout != 0 && wlayout != 1) return TT_ERR_ARGS;
+    const int32_t cout_g = cout / (cin / cin_g);
+    /* element (o, tap, ci) of the filter: o * so + tap * st + ci * sc */
+    const int64_t so = wlayout ? 1 : (int64_t)kh * kw * cin_g, st = wlayout ? (int64_t)cin_g * cout : cin_g,
+                  sc = wlayout ? cout : 1;
     for (int32_t oy = 0; oy < oh; oy++) {
         for (int32_t ox = 0; ox < ow; ox++) {
             float *yp = y + ((int64_t)oy * ow + ox) * cout;
@@ -60,7 +65,7 @@ static int op_conv2d(tt_rd *r, tt_mem *m) {
                 /* a block of up to 4 channels of one group */
                 int32_t nb = cout_g - o % cout_g < 4 ? cout_g - o % cout_g : 4;
                 const float *xg = x + (o / cout_g) * cin_g;
-                const float *f0 = f + (int64_t)o * k;
+                const float *f0 = f + (int64_t)o * so;
                 float acc[4] = { 0.0f, 0.0f, 0.0f, 0.0f };
                 for (int32_t ky = 0; ky < kh; ky++) {
                     int32_t iy = oy * g.sh - g.pt + ky * g.dh;
@@ -68,19 +73,20 @@ static int op_conv2d(tt_rd *r, tt_mem *m) {
                         int32_t ix = ox * g.sw - g.pl + kx * g.dw;
                         int inside = iy >= 0 && iy < h && ix >= 0 && ix < w;
                         const float *xp = inside ? xg + ((int64_t)iy * w + ix) * cin : xg;
-                        const float *fk = f0 + (ky * kw + kx) * cin_g;
+                        const float *fk = f0 + (ky * kw + kx) * st;
                         if (nb == 4) {
                             for (int32_t ci = 0; ci < cin_g; ci++) {
                                 float v = inside ? xp[ci] : 0.0f;
-                                acc[0] += v * fk[ci];
-                                acc[1] += v * fk[k + ci];
-                                acc[2] += v * fk[2 * k + ci];
-                                acc[3] += v * fk[3 * k + ci];
+                                const float *fc = fk + ci * sc;
+                                acc[0] += v * fc[0];
+                                acc[1] += v * fc[so];
+                                acc[2] += v * fc[2 * so];
+                                acc[3] += v * fc[3 * so];
                             }
                         } else {
                             for (int32_t j = 0; j < nb; j++)
                                 for (int32_t ci = 0; ci < cin_g; ci++)
-                                    acc[j] += (inside ? xp[ci] : 0.0f) * fk[(int64_t)j * k + ci];
+                                    acc[j] += (inside ? xp[ci] : 0.0f) * fk[(int64_t)j * so + ci * sc];
                         }
                     }
                 }
