@@ -19,6 +19,7 @@ from . import checkpoint as ck
 from .bundle import Bundle
 from .data import check_labels, to_model_input
 from .optim import OptimConfig
+from .step.runner import make_trainer
 from .trainer import Trainer
 
 
@@ -48,7 +49,7 @@ def train(bundle: Bundle, optim: OptimConfig, cfg: LoopConfig, *, data: tuple[np
           log: Callable[[str], None] = print, trainer: Trainer | None = None) -> dict:
     """Train `bundle` on `data` (uint8 images, labels) or on a `samples` stream; returns a summary."""
     n_classes = len(bundle.labels)
-    tr = trainer or Trainer(bundle, optim)
+    tr = trainer or make_trainer(bundle, optim)
     xq = y = None
     if data is not None:
         check_labels(data[1], n_classes, "training data")
@@ -97,7 +98,7 @@ def train(bundle: Bundle, optim: OptimConfig, cfg: LoopConfig, *, data: tuple[np
                     log(f"step {step}: {bad} non-finite steps in a row: rolled back to the last good checkpoint "
                         f"{found[0].name} (parameters and optimizer state of step {found[2]['step']}); data continues")
                 else:
-                    tr.load_state(Trainer(bundle, optim).state())
+                    tr.load_state(make_trainer(bundle, optim, engine="numpy").state())
                     log(f"step {step}: {bad} non-finite steps in a row: rolled back to the bundle's parameters")
                 bad, rollbacks = 0, rollbacks + 1
         if cfg.checkpoint_dir and (step % cfg.checkpoint_every == 0 or step == cfg.steps) and bad == 0:

@@ -6,19 +6,22 @@
     checkpoints/<hash>/    on-device learning state per bundle, outside the slots (survives re-flashes)
     inbox/  train.log      the watched folder and the learning log of the optional systemd service
 
-Flash steps: prepare (host) -> connect -> space -> upload -> venv -> verify -> self-test -> switch
-[-> service] -> prune. Any failure removes the incoming slot and leaves `current` as it was.
+Flash steps: prepare (host) -> connect -> native -> space -> upload -> venv -> verify -> self-test -> switch
+[-> service] -> prune. Any failure removes the incoming slot and leaves `current` as it was. `native` puts the
+C core built for the board's architecture (its Python's platform.machine(), learned at connect) into the slot;
+for an architecture we do not build for, the slot ships none and the board runs the numpy engine.
 """
 from __future__ import annotations
 
 import json
+import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import _service
 from ._ssh import BoardPath, FlashError, Remote, check_host, last_line, q, say
-from ._stage import load_profile, size_bytes, slot_name, stage_slot, tar_bytes
+from ._stage import LIB_DIR, NATIVE_TARGETS, load_profile, native_target, ship_native, size_bytes, slot_name, stage_slot, tar_bytes
 
 BOARD_REQUIREMENTS = ("numpy>=1.23,<3", "ai-edge-litert>=1.2")  # pyproject.toml's `board` extra
 MIN_PYTHON = (3, 9)
@@ -54,6 +57,8 @@ class Board:
     home: str = "$HOME"
     python: str = ""
     version: tuple[int, int] = (0, 0)
+    machine: str = ""              # platform.machine() of that Python (uname -m), e.g. aarch64
+    bits: int = 0                  # its pointer size: 32 on a 32-bit userland under a 64-bit kernel
     free: int = 0                  # bytes free where the root is (or would be)
     venv: bool = False             # the shared venv exists
     current: str = ""              # `current` link target ('' if none)
@@ -70,7 +75,8 @@ def connect(r: Remote, root: BoardPath, python: str) -> Board:
     venv_py = root.join("venv", "bin", "python").word()
     cmd = (f"printf 'home=%s\\n' \"$HOME\"; echo uid=$(id -u); "
            f"if P=$(command -v {q(python)}); then printf 'python=%s\\n' \"$P\"; "
-           f"\"$P\" -c 'import sys; print(\"version=%d.%d\" % sys.version_info[:2])'; fi; "
+           f"\"$P\" -c 'import sys, platform, struct; print(\"version=%d.%d\" % sys.version_info[:2]); "
+           f"print(\"machine=\" + platform.machine()); print(\"bits=%d\" % (8 * struct.calcsize(\"P\")))'; fi; "
            f"d={root.word()}; while [ ! -d \"$d\" ]; do d=$(dirname -- \"$d\"); done; "
            f"printf 'free_kb=%s\\n' \"$(df -Pk -- \"$d\" | awk 'NR==2 {{print $4}}')\"; "
            f"[ -x {venv_py} ] && echo venv=1; "
@@ -82,6 +88,7 @@ def connect(r: Remote, root: BoardPath, python: str) -> Board:
         return Board(home="/root" if user == "root" else f"/home/{user}", python=python, version=MIN_PYTHON,
                      free=1 << 62, uid=0 if user == "root" else 1000)
     b = Board(home=out.get("home", ""), python=out.get("python", ""), free=int(out.get("free_kb") or 0) * 1024,
+              machine=out.get("machine", ""), bits=int(out.get("bits") or 0),
               venv=out.get("venv") == "1", current=out.get("current", ""), systemd=out.get("systemd") == "1",
               uid=int(out.get("uid", -1)), raw=out)
     if not b.python:
@@ -131,8 +138,11 @@ def _flash(cfg: FlashConfig, r: Remote) -> str:
         say(f"prepare: slot {name}: {meta['model']} ({', '.join(meta['labels'])}), {len(meta['files'])} files, "
             f"{nbytes / 2**20:.1f} MB, profile {meta['profile']}")
         board = connect(r, root, cfg.board_python or cfg.python)
-        say(f"connect: {cfg.host}: Python {board.version[0]}.{board.version[1]} ({board.python}), "
-            f"{board.free / 2**20:.0f} MB free, current slot: {board.current or 'none'}")
+        say(f"connect: {cfg.host}: Python {board.version[0]}.{board.version[1]} ({board.python}"
+            + (f", {board.machine} {board.bits}-bit" if board.machine else "")
+            + f"), {board.free / 2**20:.0f} MB free, current slot: {board.current or 'none'}")
+        slot_dir, meta = native(cfg, board, slot_dir, meta, Path(tmp))
+        nbytes = size_bytes(slot_dir)
         need = int(nbytes * 1.1) + (1 << 20) + (0 if cfg.board_python or board.venv else 200 << 20)
         if board.free < need:
             raise FlashError(f"space: disk full on the board: {board.free / 2**20:.1f} MB free under {cfg.root}, "
@@ -151,6 +161,44 @@ def _flash(cfg: FlashConfig, r: Remote) -> str:
     return name
 
 
+def native(cfg: FlashConfig, board: Board, slot_dir: Path, meta: dict, tmp: Path) -> tuple[Path, dict]:
+    """The slot with the C core built for the board's architecture (see ship_native), as (slot dir, slot.json).
+    A staged slot that already ships the board's library is sent as it is; one that does not is changed in
+    a copy, never in place."""
+    if cfg.dry_run:
+        from device.native.build import library_path
+
+        def would(machine: str) -> str:
+            t = NATIVE_TARGETS[machine]
+            lib = library_path(t)
+            return (f"{machine} -> {LIB_DIR}/{t}/{lib.name} " + (f"({lib.stat().st_size:,} bytes)" if lib.exists()
+                                                                 else "(not built yet: flash builds it on the host)"))
+        say(f"native: would ship the C core of the board's architecture (its Python's platform.machine(), read at "
+            f"connect): {would('aarch64')}, {would('x86_64')}; another architecture gets none and runs the numpy engine")
+        return slot_dir, meta
+    target = native_target(board.machine) if board.bits in (0, 64) else None
+    have = meta.get("native") or {}
+    if target and have.get("library") and have.get("target") == target:
+        say(f"native: {board.machine} board: the slot ships {have['library']} ({have['bytes']:,} bytes)")
+        return slot_dir, meta
+    if target is None:
+        why = (f"the board's Python is {board.bits}-bit (on {board.machine})" if board.bits not in (0, 64)
+               else f"no C core build for {board.machine or 'an unknown'} boards (built for: "
+                    f"{', '.join(sorted(set(NATIVE_TARGETS.values())))})")
+    else:
+        why = ""
+    if cfg.staged:  # never edit a staged slot in place
+        shutil.copytree(slot_dir, tmp / "slot")
+        slot_dir = tmp / "slot"
+    meta = ship_native(slot_dir, target, why)
+    rec = meta["native"]
+    if rec["library"]:
+        say(f"native: {board.machine} board: shipping {rec['library']} ({rec['bytes']:,} bytes, built on the host)")
+    else:
+        say(f"native: {rec['reason']}: the board runs the numpy engine")
+    return slot_dir, meta
+
+
 def _deploy(cfg: FlashConfig, r: Remote, root: BoardPath, board: Board, slot_dir: Path, incoming: BoardPath,
             name: str, bhash: str, nbytes: int) -> None:
     _on_board(r, "upload", f"mkdir -p -- {root.join('slots').word()} && rm -rf -- {incoming.word()} && "
@@ -158,16 +206,18 @@ def _deploy(cfg: FlashConfig, r: Remote, root: BoardPath, board: Board, slot_dir
               stdin=b"" if cfg.dry_run else tar_bytes(slot_dir), stdin_note=f"tar of {slot_dir} ({nbytes:,} bytes)")
     say(f"upload: {nbytes:,} bytes -> {cfg.root}/slots/.incoming-{name}")
     py_word, py_abs = venv(cfg, r, root, board)
-    # one board process for both steps: verify = python + files (SHA-256), self-test = bundle, plan, inference
-    res = r.run("verify", _slot_cmd(py_word, incoming, "python files bundle plan inference"), check=False)
+    # one board process for both steps: verify = python + files (SHA-256), self-test = bundle, plan, inference, native
+    res = r.run("verify", _slot_cmd(py_word, incoming, "python files bundle plan inference native"), check=False)
     step = "verify"
     for line in res.stdout.splitlines():
-        step = "self-test" if line.split(":")[0].split()[-1] in ("bundle", "plan", "inference") else "verify"
+        step = "self-test" if line.split(":")[0].split()[-1] in ("bundle", "plan", "inference", "native") else "verify"
         say(f"{step}: {line}")
     if res.returncode != 0:
         fail = next((l for l in res.stdout.splitlines() if l.startswith("FAIL")), "")
         if not fail:
             fail = last_line(res.stderr) or f"exit code {res.returncode}"
+            if res.returncode > 128:  # the shell's code for a process killed by a signal (e.g. in a C library)
+                fail = f"the board's Python died of signal {res.returncode - 128} ({fail})"
             if "No module named" in fail:
                 fail += f" (the board's Python lacks it: drop --board-python to use the venv, or install python3-numpy)"
         raise FlashError(f"{step} failed on the board: {fail}")
@@ -329,6 +379,7 @@ def status(cfg: FlashConfig) -> dict:
           "bundle": {k: meta.get(k) for k in ("model", "labels", "profile", "bundle_hash", "bundle_source")},
           "checkpoint": ckpts[-1] if ckpts else None,
           "step": int(ckpts[-1][5:-4]) if ckpts else None,
+          "native": meta.get("native") or {},
           "metrics": metrics, "log": sec.get("log", []),
           "service": "".join(sec.get("service", [])).strip() or "not installed / no systemd"}
     return st
@@ -341,6 +392,10 @@ def format_status(cfg: FlashConfig, st: dict) -> str:
                                                       f"profile {b['profile']}, bundle {str(b['bundle_hash'])[:12]}...)" if b.get("model") else ""),
              "slots:   " + (", ".join(f"{s}{' *' if s == st['current'] else ''}" for s in st["slots"]) or "none"),
              f"last checkpoint: {st['checkpoint'] + ' (step ' + str(st['step']) + ')' if st['checkpoint'] else 'none yet'}"]
+    nat = st.get("native") or {}
+    if nat:
+        lines.append(f"engine: C core {nat['library']}" if nat.get("library")
+                     else f"engine: numpy ({nat.get('reason') or 'no C core in the slot'})")
     acc = st["metrics"].get("eval_acc", st["metrics"].get("accuracy"))
     if acc is not None:
         lines.append(f"accuracy: {acc} (metrics.json)")

@@ -10,6 +10,7 @@ import pytest
 import torch
 from torch import nn
 
+from device import make_trainer
 from device.bundle import load_bundle
 from device.loop import LoopConfig, train
 from device.optim import OptimConfig
@@ -101,7 +102,9 @@ def test_unknown_profile():
 
 def test_over_budget_refused_before_any_step(tmp_path, bundle_dir, data, monkeypatch):
     calls = []
-    monkeypatch.setattr(Trainer, "step", lambda *a, **k: calls.append(1))
+    from device import ProgramTrainer
+    for cls in (Trainer, ProgramTrainer):
+        monkeypatch.setattr(cls, "step", lambda *a, **k: calls.append(1))
     small = load_profile(_profile(tmp_path, sram_kb=64))
     with pytest.raises(SimRefused) as e:
         simulate(bundle_dir, small, _cfg(), *data, tmp_path / "ck")
@@ -132,15 +135,18 @@ def test_weights_that_do_not_fit_flash(tmp_path, bundle_dir, data):
 # ---- flash ----------------------------------------------------------------------------------------
 
 def test_write_to_flash_is_caught(bundle_dir):
-    tr = target.build_trainer(load_bundle(bundle_dir), load_profile("mcu-256k"), OptimConfig("sgd"))
+    tr = target.build_trainer(load_bundle(bundle_dir), load_profile("mcu-256k"), OptimConfig("sgd"), engine="numpy")
     flash = target.place_weights(tr, load_profile("mcu-256k"))
-    w = next(t for t in tr.engine.tensors if t.data is not None and t.data.dtype == np.int8 and t.data.size > 100)
-    assert np.shares_memory(w.data, flash.image)
+    assert flash.image is tr.model                  # the program reads every frozen constant in the model buffer
     with pytest.raises(ValueError, match="read-only"):
-        w.data[0] = 1
-    with pytest.raises(ValueError, match="read-only"):
-        next(iter(tr.frozen.values()))[...] = 0
+        tr.model[100] = 1
+    tr.step(np.zeros(tr.x_view.shape, np.int8), 0)
+    assert tr._frozen is None                       # and no float copy of a frozen weight was ever made
     flash.verify()  # unchanged
+    other = target.ModelFlash(tr.model.copy(), flash.size)   # a write that got through is caught after the run
+    other.image[100] ^= 1
+    with pytest.raises(target.FlashWriteFault):
+        other.verify()
 
 
 # ---- the run, equal to the device runtime ----------------------------------------------------------
@@ -153,7 +159,8 @@ def baseline(tmp_path_factory, bundle_dir, data):
 
 def test_run_equals_device_runtime(bundle_dir, data, baseline):
     b = load_bundle(bundle_dir)
-    tr = Trainer(b, _cfg().optim())
+    tr = make_trainer(b, _cfg().optim(), engine="numpy")   # the simulator ran the C core: the same program, bit for bit
+    assert baseline["engine"] == "native"
     train(b, tr.cfg, LoopConfig(steps=STEPS, seed=0, log_every=0), data=data[0], trainer=tr, log=lambda s: None)
     assert baseline["params"].keys() == tr.params.keys()
     assert all(np.array_equal(baseline["params"][n], tr.params[n]) for n in tr.names)

@@ -3,12 +3,15 @@
 The "board" is this machine: sshd runs in the foreground (-D -e) on a free port as the current user with a
 temporary AuthorizedKeysFile; each test flashes into its own root under tmp_path and runs the slot with
 this venv's Python (--board-python), so no venv is built. Covered: a full deploy (+ re-flash keeps the
-checkpoints, status, the service unit, `device train` through `current`), a tampered bundle (host check,
-damage in transit, self-test mismatch) leaving the old slot current, rollback, shell injection through a
-path and a host, dry run, and bad input: unreachable host, unknown host key, wrong key, no Python, disk full.
+checkpoints, status, the service unit, `device train` through `current`) with the C core built for this
+machine in the slot and self-tested there, a board we build no C core for (the numpy engine), a tampered
+bundle (host check, damage in transit, self-test mismatch) or a damaged C core leaving the old slot current,
+rollback, shell injection through a path and a host, dry run, and bad input: unreachable host, unknown host
+key, wrong key, no Python, disk full.
 """
 from __future__ import annotations
 
+import dataclasses
 import getpass
 import hashlib
 import json
@@ -23,7 +26,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from device.native import host_target
 from flash import FlashConfig, FlashError, flash, format_status, rollback, seal, stage_slot, status
+from flash import _deploy
 from flash._service import units
 from flash._ssh import BoardPath
 from flash._stage import load_profile
@@ -31,6 +36,7 @@ from flash._stage import load_profile
 ROOT = Path(__file__).resolve().parents[1]
 PY = sys.executable
 SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
+LIB = f"device/native/lib/{host_target()}/libtinytl_core.so"  # where a slot holds this machine's C core
 
 
 def _free_port() -> int:
@@ -103,6 +109,16 @@ def _resign(bundle: Path) -> None:
 
 
 @pytest.fixture(scope="module")
+def c_core():
+    """This machine's C core, built (flash would build it too; here a build failure skips, saying why)."""
+    from device.native.build import BuildError, build
+    try:
+        return build(host_target())
+    except BuildError as e:
+        pytest.skip(f"the C core cannot be built here: {e}")
+
+
+@pytest.fixture(scope="module")
 def bundles(tmp_path_factory):
     """Bundle A: a small random mcunet-tiny with a fresh 3-class TinyTL-L+B head on digits (lite branches start at zero); bundle B: A with
     another report.md (another manifest hash, so another slot and checkpoint folder)."""
@@ -129,19 +145,26 @@ def _current(root: Path) -> str:
     return os.readlink(root / "current").rsplit("/", 1)[-1]
 
 
-def test_full_deploy_reflash_status_service(sshd, bundles, tmp_path, capsys):
+def test_full_deploy_reflash_status_service(sshd, bundles, c_core, tmp_path, capsys):
     a, _ = bundles
     root = tmp_path / "board"
     name = flash(_cfg(sshd, root, a, service=True, unit_dir=str(tmp_path / "units")))
     out = capsys.readouterr().out
-    for step in ("prepare", "connect", "upload", "verify: ok python", "verify: ok files", "self-test: ok plan",
-                 "self-test: ok inference", "switch", "service"):
+    for step in ("prepare", "connect", f"native: {os.uname().machine} board: shipping {LIB}", "upload",
+                 "verify: ok python", "verify: ok files", "self-test: ok plan", "self-test: ok inference",
+                 f"self-test: ok native: C core {LIB}: 4 samples' int8 outputs equal the host's byte for byte; "
+                 "3 update steps (adam): losses", "switch", "service"):
         assert step in out, out
     assert _current(root) == name and os.readlink(root / "current") == f"slots/{name}"
     slot = root / "slots" / name
     assert {p.name for p in slot.iterdir()} == {"device", "bundle", "expected", "profile.json", "slot.json", "checkpoints"}
     assert (slot / "device" / "selftest.py").is_file()
-    bhash = json.loads((slot / "slot.json").read_text())["bundle_hash"]
+    # the C core: this machine's build only (no other target, no build stamps), listed in slot.json
+    assert [p.relative_to(slot).as_posix() for p in (slot / "device" / "native" / "lib").rglob("*") if p.is_file()] == [LIB]
+    meta = json.loads((slot / "slot.json").read_text())
+    assert meta["native"] == {"target": host_target(), "library": LIB, "bytes": (slot / LIB).stat().st_size}
+    assert meta["files"][LIB]["sha256"] == hashlib.sha256((slot / LIB).read_bytes()).hexdigest()
+    bhash = meta["bundle_hash"]
     assert (root / "current" / "checkpoints").resolve() == (root / "checkpoints" / bhash).resolve()
     assert not list((root / "slots").glob(".incoming-*"))
     # the service: units written (systemd is not running here), Restart=on-failure, `device train` via current
@@ -165,7 +188,7 @@ def test_full_deploy_reflash_status_service(sshd, bundles, tmp_path, capsys):
     st = status(_cfg(sshd, root))
     assert st["current"] == name and st["step"] == 6 and st["bundle"]["labels"] == ["a", "b", "c"]
     text = format_status(_cfg(sshd, root), st)
-    assert "ckpt-000000006.npz (step 6)" in text and "eval accuracy" in text, text
+    assert "ckpt-000000006.npz (step 6)" in text and "eval accuracy" in text and f"engine: C core {LIB}" in text, text
     # re-flashing the same bundle: a new slot, the same checkpoints (learning resumes)
     name2 = flash(_cfg(sshd, root, a))
     assert name2 != name and _current(root) == name2
@@ -189,7 +212,7 @@ def _tamper_weights(slot: Path) -> None:
     seal(slot)
 
 
-def test_tampered_bundle_leaves_the_old_slot_current(sshd, bundles, tmp_path):
+def test_tampered_bundle_leaves_the_old_slot_current(sshd, bundles, c_core, tmp_path):
     a, b = bundles
     root = tmp_path / "board"
     good = flash(_cfg(sshd, root, a))
@@ -200,6 +223,15 @@ def test_tampered_bundle_leaves_the_old_slot_current(sshd, bundles, tmp_path):
     _tamper_weights(s1)
     with pytest.raises(FlashError, match=r"self-test failed on the board: FAIL inference: .* differ .*current slot unchanged"):
         flash(_cfg(sshd, root, staged=str(s1)))
+    # 1b. a truncated C core, re-signed (a bad build, say): every hash check passes, loading it fails (it kills
+    # the loading process with SIGBUS: the self-test loads it in a child first); the staged slot is sent as is
+    s1b = tmp_path / "s1b"
+    stage_slot(b, profile, s1b, native=host_target())
+    (s1b / LIB).write_bytes((s1b / LIB).read_bytes()[:4096])
+    seal(s1b)
+    with pytest.raises(FlashError, match=rf"self-test failed on the board: FAIL native: the shipped C core {LIB} "
+                                         r"does not load: the loader died of SIGBUS .*current slot unchanged"):
+        flash(_cfg(sshd, root, staged=str(s1b)))
     # 2. a file damaged after the host sealed the slot: the board's SHA-256 check fails
     s2 = tmp_path / "s2"
     stage_slot(b, profile, s2)
@@ -214,6 +246,24 @@ def test_tampered_bundle_leaves_the_old_slot_current(sshd, bundles, tmp_path):
         flash(_cfg(sshd, root, bad))
     assert _current(root) == good
     assert [p.name for p in (root / "slots").iterdir()] == [good]  # no incoming leftovers
+
+
+def test_board_without_a_c_core_runs_numpy(sshd, bundles, tmp_path, capsys, monkeypatch):
+    """A board whose architecture we build no C core for (here: this machine, reported as a 32-bit Pi):
+    the slot ships none, flash says once that the board runs the numpy engine, the self-test runs the step
+    program on numpy and passes."""
+    connect = _deploy.connect
+    monkeypatch.setattr(_deploy, "connect", lambda *a: dataclasses.replace(connect(*a), machine="armv7l", bits=32))
+    root = tmp_path / "board"
+    name = flash(_cfg(sshd, root, bundles[0]))
+    out = capsys.readouterr().out
+    assert out.count("the board runs the numpy engine") == 1, out
+    assert "native: the board's Python is 32-bit (on armv7l): the board runs the numpy engine" in out
+    assert ("self-test: ok native: no C core in this slot (the board's Python is 32-bit (on armv7l)): ran the "
+            "numpy engine: 3 update steps (adam): losses") in out, out
+    slot = root / "slots" / name
+    assert _current(root) == name and not (slot / "device" / "native" / "lib").exists()
+    assert json.loads((slot / "slot.json").read_text())["native"]["library"] is None
 
 
 def test_rollback(sshd, bundles, tmp_path):
@@ -244,7 +294,7 @@ def test_shell_injection_in_paths_and_host(sshd, bundles, tmp_path):
     assert not pwned.exists()
 
 
-def test_dry_run_prints_every_command_and_changes_nothing(sshd, bundles, tmp_path, capsys):
+def test_dry_run_prints_every_command_and_changes_nothing(sshd, bundles, c_core, tmp_path, capsys):
     a, _ = bundles
     root = tmp_path / "dry;run$(x)"
     flash(_cfg(sshd, root, a, dry_run=True, service=True, board_python=None))
@@ -252,6 +302,8 @@ def test_dry_run_prints_every_command_and_changes_nothing(sshd, bundles, tmp_pat
     for step in ("connect", "upload", "venv", "verify", "switch", "service", "prune"):
         assert f"[{step}] $ ssh " in out, step
     assert "--system-site-packages" in out and "Restart=on-failure" in out
+    assert "native: would ship the C core of the board's architecture" in out
+    assert f"{os.uname().machine} -> {LIB} ({(ROOT / LIB).stat().st_size:,} bytes)" in out, out
     assert not root.exists()
 
 
@@ -286,7 +338,7 @@ def test_disk_full_on_the_board(sshd, bundles, tmp_path, monkeypatch):
     a, b = bundles
     root = tmp_path / "small"
     root.mkdir()
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(root)], capture_output=True, text=True)
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(root)], capture_output=True, text=True)
     if r.returncode:
         pytest.skip(f"cannot mount a tmpfs here: {r.stderr.strip()}")
     try:
@@ -302,10 +354,10 @@ def test_disk_full_on_the_board(sshd, bundles, tmp_path, monkeypatch):
         subprocess.run(["umount", str(root)], check=False)
 
 
-def test_selftest_uses_numpy_json_stdlib_only(bundles, tmp_path):
+def test_selftest_uses_numpy_json_stdlib_only(bundles, c_core, tmp_path):
     """The board-side self-test, run locally with torch/tensorflow/LiteRT/train/convert blocked."""
     slot = tmp_path / "slot"
-    stage_slot(bundles[0], load_profile("rpi-zero2w"), slot)
+    stage_slot(bundles[0], load_profile("rpi-zero2w"), slot, native=host_target())
     blocker = ("import sys, runpy\n"
                "class Block:\n"
                "    def find_spec(self, name, path=None, target=None):\n"
@@ -317,7 +369,20 @@ def test_selftest_uses_numpy_json_stdlib_only(bundles, tmp_path):
     r = subprocess.run([PY, "-c", blocker, str(slot)], capture_output=True, text=True, cwd=slot,
                        env=os.environ | {"PYTHONPATH": str(slot)})
     assert r.returncode == 0, r.stdout + r.stderr
-    assert [l.split(":")[0] for l in r.stdout.splitlines()] == ["ok python", "ok files", "ok bundle", "ok plan", "ok inference"]
+    assert [l.split(":")[0] for l in r.stdout.splitlines()] == ["ok python", "ok files", "ok bundle", "ok plan", "ok inference",
+                                                                "ok native"]
+    assert f"ok native: C core {LIB}" in r.stdout
+    # the host's expected state after the steps, changed in one bit: the C core's steps no longer match
+    with np.load(slot / "expected" / "step.npz") as z:
+        arrays = {k: z[k] for k in z.files}
+    w = arrays["param/classifier.bias"]
+    w.view(np.uint32)[0] ^= 1
+    np.savez(slot / "expected" / "step.npz", **arrays)
+    seal(slot)
+    r = subprocess.run([PY, "-m", "device.selftest", str(slot)], capture_output=True, text=True, cwd=slot,
+                       env=os.environ | {"PYTHONPATH": str(slot)})
+    assert r.returncode == 1 and ("FAIL native: after 3 update steps on the C core: 'param/classifier.bias' differs "
+                                  "in 1 of 3 values") in r.stdout, r.stdout
     # a profile the update step does not fit: the plan check fails, naming the profile
     (slot / "profile.json").write_text(json.dumps({"name": "tiny", "region": "dram", "budget_bytes": 1024}))
     seal(slot)
