@@ -8,7 +8,7 @@ PRESET  ?= default
 FMNIST  := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 STAMP   := $(VENV)/.installed
 
-.PHONY: setup native data sshd test train adapt convert simulate demo bench flash clean help _adapt _convert _simulate
+.PHONY: setup native data sshd emulators test train adapt convert simulate demo bench flash clean help _adapt _convert _simulate
 
 help:
 	@echo "make demo   set up, then run the whole pipeline on the bundled data"
@@ -52,7 +52,14 @@ sshd:
 	  apt-get install -y -q openssh-server >/dev/null || (apt-get update -q >/dev/null && apt-get install -y -q openssh-server >/dev/null); \
 	fi
 
-test: setup sshd
+# The aarch64 test of the C core runs a static test driver under qemu-aarch64-static (it skips, saying why, without it).
+emulators:
+	@if ! command -v qemu-aarch64-static >/dev/null && [ "$$(id -u)" = 0 ]; then \
+	  echo "== installing Debian package qemu-user-static (for the aarch64 test of the C core)"; \
+	  apt-get install -y -q qemu-user-static >/dev/null || (apt-get update -q >/dev/null && apt-get install -y -q qemu-user-static >/dev/null) || true; \
+	fi
+
+test: setup sshd emulators
 	@# pytest exits 5 when it collects nothing: that is not a failure of the code under test.
 	$(BIN)/python -m pytest -q --durations=10 tests; rc=$$?; [ $$rc -eq 5 ] && rc=0; exit $$rc
 

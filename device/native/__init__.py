@@ -73,13 +73,31 @@ class NativeCore:
 _loaded: dict[str, NativeCore | None] = {}
 
 
+def elf_complete(path: Path) -> bool:
+    """A cheap check before dlopen: an ELF whose section header table lies inside the file (a truncated library
+    would otherwise crash the loading process with SIGBUS, which Python cannot catch)."""
+    import struct
+    try:
+        with open(path, "rb") as f:
+            head = f.read(64)
+            size = f.seek(0, 2)
+    except OSError:
+        return False
+    if len(head) < 64 or head[:4] != b"\x7fELF" or head[4] != 2:       # 64-bit ELF only (x86_64, aarch64)
+        return False
+    endian = "<" if head[5] == 1 else ">"
+    shoff, = struct.unpack_from(endian + "Q", head, 0x28)
+    shentsize, shnum = struct.unpack_from(endian + "HH", head, 0x3A)
+    return 0 < shoff and shoff + shentsize * shnum <= size
+
+
 def load(path: str | Path | None = None) -> NativeCore | None:
     """The host's C core, or None when it is not built (or cannot load here)."""
     p = Path(path) if path else library_path()
     key = str(p)
     if key not in _loaded:
         try:
-            _loaded[key] = NativeCore(p) if p.exists() else None
+            _loaded[key] = NativeCore(p) if p.exists() and elf_complete(p) else None
         except OSError:
             _loaded[key] = None
     return _loaded[key]

@@ -26,8 +26,8 @@ LIB_DIR = HERE / "lib"
 LIB_NAME = "libtinytl_core.so"
 HOST = "x86_64-linux-gnu"
 TARGETS = {
-    "x86_64-linux-gnu": ["-shared", "-fPIC"],
-    "aarch64-linux-gnu": ["-shared", "-fPIC"],          # Raspberry Pi OS 64-bit, Jetson Linux
+    "x86_64-linux-gnu": ["-shared", "-fPIC", "-s"],      # -s: no debug info (ctypes needs only the dynamic symbols)
+    "aarch64-linux-gnu": ["-shared", "-fPIC", "-s"],     # Raspberry Pi OS 64-bit, Jetson Linux
 }
 CFLAGS = ["-std=c99", "-O2", "-ffp-contract=off", "-fno-math-errno", "-fno-strict-aliasing", "-ffreestanding",
           "-nostdlib", "-Wall", "-Wextra", "-Werror", "-Wno-unused-parameter", "-Wno-unused-function"]
