@@ -58,6 +58,11 @@ def summary(runs: Path, results: Path, sim: Path, seconds: float | None) -> str:
         out.append(f"    {r['region']} arena {r['peak_bytes'] / 1024:.1f} of {r['budget_bytes'] / 1024:.1f} KB, flash weights "
                    f"{r['weights_bytes'] / 1024:.1f} KB, ~{r['step_ms_est']:.0f} ms/step on the target (estimate); "
                    f"plots {sim / 'memory.png'}, {sim / 'accuracy.png'}")
+        if r.get("engine"):
+            heap = r.get("heap_bytes_per_step")
+            out.append(f"    ran on the {'C core' if r['engine'] == 'native' else r['engine']} engine at {r['host_ms_per_step']:.1f} ms/step "
+                       f"on this host" + (f", {heap:,} bytes of heap per step beyond the arena (measured)" if heap is not None else "")
+                       + f"; {r['steps']} steps: as many as the accuracy needs to stop rising (curve in the report)")
     else:
         out.append(_line("on-device learning", "missing", sim / "report.md"))
     for name in ("tinytl-lb-full", "ft-full"):

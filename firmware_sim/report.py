@@ -77,6 +77,19 @@ def _kb(n: float) -> str:
     return f"{n / 1024:,.1f} KB"
 
 
+def _engine_line(r: dict) -> str:
+    """Who ran the step and what it allocated, measured (not planned)."""
+    eng = r.get("engine", "numpy (Trainer)")
+    if eng not in ("native", "numpy"):
+        return f"Engine: {eng} (this bundle's step is not compiled into a program; buffers outside the plan exist)."
+    heap = r.get("heap_bytes_per_step")
+    who = "the C core (device/native)" if eng == "native" else "the numpy reference of the program"
+    return (f"Engine: the compiled step program ({len(r['trainer'].program.instrs)} instructions) on {who}: it "
+            f"reads frozen weights where they sit in the read-only model buffer and writes only the arena "
+            f"({r['plan'].peak[r['region']]:,} bytes, the plan's peak, handed to it exactly)"
+            + (f"; heap allocated by the host during one step, measured with tracemalloc: {heap:,} bytes." if heap is not None else "."))
+
+
 def write_run_report(r: dict, out: Path) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     p, plan, region, cfg = r["profile"], r["plan"], r["region"], r["config"]
@@ -101,6 +114,7 @@ def write_run_report(r: dict, out: Path) -> Path:
                  f"{r['arena_bytes']:,} bytes (the budget on an MCU; the plan plus a guard zone on a board); bytes past "
                  f"the plan's peak held a canary: "
                  f"{'intact' if r['canary_ok'] else 'OVERWRITTEN'}. Flash image SHA-256 unchanged: yes.", "",
+             _engine_line(r), "",
              f"Buffers: {len(t['bars'])}; sum by kind: " + ", ".join(f"{k} {v:,}" for k, v in sorted(kinds.items())), "",
              f"Most live bytes at step {t['peak_step']}: {sum(b.size for b in t['live_at_peak']):,}; largest there:", "",
              "| bytes | buffer | kind | layer |", "|---:|---|---|---|"]
@@ -127,6 +141,7 @@ def write_run_report(r: dict, out: Path) -> Path:
     summary = {"profile": p.name, "bundle": r["bundle"], "method": r["method"], "trainables": cfg.trainables, "steps": cfg.steps,
                "region": region, "peak_bytes": plan.peak[region], "budget_bytes": r["budget"], "weights_bytes": r["weights_bytes"],
                "final_accuracy": r["curve"][-1][1], "eval_samples": r["eval_samples"], "curve": [[st, a, None if l != l else l] for st, a, l in r["curve"]],  # NaN: no loss yet
-               "step_ms_est": 1e3 * r["step_seconds_est"], "host_ms_per_step": r["host_ms_per_step"], "power_losses": len(r["events"])}
+               "step_ms_est": 1e3 * r["step_seconds_est"], "host_ms_per_step": r["host_ms_per_step"], "power_losses": len(r["events"]),
+               "engine": r.get("engine"), "heap_bytes_per_step": r.get("heap_bytes_per_step")}
     (out / "results.json").write_text(json.dumps(summary, indent=1) + "\n")  # the numbers above, for scripts
     return path

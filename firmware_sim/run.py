@@ -174,6 +174,8 @@ def simulate(bundle_path: str | Path, profile: Profile, cfg: SimConfig, data: tu
     weights = _weights(bundle)
     target.check_weights(bundle, weights, profile)
     tr, flash = boot(bundle, cfg, profile)   # refuses here, before any step
+    if hasattr(tr, "measure_heap"):
+        tr.measure_heap()                     # what the first step allocates beyond the arena, measured
     macs = target.step_macs(tr)
     ev = eval_data if eval_data is not None else (data[0][:cfg.eval_limit], data[1][:cfg.eval_limit])
     ev = (ev[0][:cfg.eval_limit], ev[1][:cfg.eval_limit])
@@ -222,7 +224,8 @@ def simulate(bundle_path: str | Path, profile: Profile, cfg: SimConfig, data: tu
         "bundle": str(bundle_path), "method": bundle.manifest.get("method"), "config": cfg, "curve": curve,
         "weights_bytes": flash.size, "flash_sha256": flash.sha256, "macs": macs, "step_seconds_est": step_s,
         "step_mj_est": step_s * profile.power_mw if profile.power_mw else None,
-        "host_ms_per_step": 1e3 * seconds / max(1, host_steps), "engine": getattr(tr, "engine_name", "numpy (Trainer)"), "events": events, "boots": boots,
+        "host_ms_per_step": 1e3 * seconds / max(1, host_steps), "engine": getattr(tr, "engine_name", "numpy (Trainer)"),
+        "heap_bytes_per_step": getattr(tr, "heap_bytes", None), "events": events, "boots": boots,
         "canary_ok": _canary_ok(tr), "checkpoints": readable, "params": {n: v.copy() for n, v in tr.params.items()},
         "eval_samples": len(ev[1]), "eval_source": "eval data" if eval_data is not None else "training data (no --eval-data)",
     }

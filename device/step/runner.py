@@ -78,6 +78,8 @@ class ProgramTrainer(Trainer):
                                    "('python -m device build-native') or use --engine numpy")
             self.words = self.program.encode()
         self.cut_at: tuple[int, object] | None = None  # (instruction, callback): a simulated power cut (firmware_sim)
+        self.heap_bytes: int | None = None   # Python heap peak during one step, measured once by measure_heap()
+        self._measure = False
 
     @property
     def x_view(self) -> np.ndarray:
@@ -112,7 +114,21 @@ class ProgramTrainer(Trainer):
     def patch(self) -> None:  # the program encodes trainable biases itself, every forward
         pass
 
+    def measure_heap(self) -> None:
+        """Measure the heap the next step allocates (tracemalloc: the Python side; the C core has no allocator)."""
+        self._measure = True
+
     def step(self, x: np.ndarray, label: int, *, step_index: int | None = None) -> tuple[float, bool]:
+        if self._measure:
+            import tracemalloc
+            self._measure = False
+            if not tracemalloc.is_tracing():
+                tracemalloc.start()
+                try:
+                    return self.step(x, label, step_index=step_index)
+                finally:
+                    self.heap_bytes = tracemalloc.get_traced_memory()[1]
+                    tracemalloc.stop()
         t = self.updates if step_index is None else step_index
         lr = lr_at(self.cfg, t)
         io = IO(label=int(label), first=int(self.updates == 0))
