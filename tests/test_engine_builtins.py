@@ -162,3 +162,17 @@ def test_softmax_beta_changes_the_output(models):
 def test_reader_sees_the_patched_beta(models):
     m = read_tflite(models["softmax_beta_0.5"])
     assert [o.options["beta"] for o in m.ops if o.name == "SOFTMAX"] == [0.5]
+
+
+@pytest.mark.parametrize("name", list(EXPECTED))
+def test_inference_program_on_the_c_core_equals_litert_reference(models, name):
+    """The same classifiers compiled into inference programs (device/step/infer.py) on the C core: outputs byte-equal
+    to LiteRT's reference kernels."""
+    from device.step.infer import InferenceProgram
+    from step_helpers import native_core
+    native_core()
+    model = models[name]
+    eng, ref = Engine(model), reference(model)
+    xs = inputs(eng, 12, seed=len(name) + 1)
+    y = InferenceProgram(model, engine="native").run(np.concatenate(xs))
+    np.testing.assert_array_equal(y, np.concatenate([ref_run(ref, x) for x in xs]))

@@ -196,7 +196,8 @@ def _inv_sqrt_multiplier_exp(x: int) -> tuple[int, int]:
     return y, -shift
 
 
-def _prepare_rsqrt_int8(op: OpInfo, tensors: list[TensorInfo]):
+def rsqrt_table(op: OpInfo, tensors: list[TensorInfo]) -> tuple[np.ndarray, int]:
+    """int8 RSQRT as a 256-entry table (output per input byte + 128) and the input zero point."""
     x_t, y_t = tensors[op.inputs[0]], tensors[op.outputs[0]]
     si, zi = tensor_qparams(op, tensors, x_t)
     so, zo = tensor_qparams(op, tensors, y_t)
@@ -207,12 +208,18 @@ def _prepare_rsqrt_int8(op: OpInfo, tensors: list[TensorInfo]):
     for q in range(-128, 128):
         v = q - zi
         if v <= 0:
-            out = 127                                      # v == 0: the max; v < 0 is rejected below
+            out = 127                                      # v == 0: the max; v < 0 is rejected by the kernel
         else:
             im, ish = _inv_sqrt_multiplier_exp(v)
             data = _mbqm(1, im, ish + k_shift)
             out = min(max(_mbqm(data, m, sh - k_shift) + zo, -128), 127)
         table[q + 128] = out
+    return table, zi
+
+
+def _prepare_rsqrt_int8(op: OpInfo, tensors: list[TensorInfo]):
+    table, zi = rsqrt_table(op, tensors)
+    y_t = tensors[op.outputs[0]]
 
     def run(x: np.ndarray):
         if x.size and int(x.min()) < zi:

@@ -20,6 +20,7 @@ import numpy as np
 
 from ..kernels.activations import (hard_swish_check, hard_swish_int8, logistic_check, softmax_check,
                                    softmax_rows)
+from ..kernels import UnsupportedOpError
 from .program import Instr, op
 
 
@@ -68,6 +69,17 @@ def encode_logistic(op_, tensors, at) -> list[Instr]:
                                  table=table), _note(op_))]
 
 
+def encode_rsqrt(op_, tensors, at) -> list[Instr]:
+    """int8 RSQRT: the engine's 256-entry table (an input below the zero point, which the reference rejects,
+    maps to 127 here: a program cannot stop mid-step)."""
+    from ..kernels.elementwise import rsqrt_table
+    if tensors[op_.outputs[0]].type != "INT8":
+        raise UnsupportedOpError(op_, tensors, "int8 -> int8 only")
+    table, _ = rsqrt_table(op_, tensors)
+    return [Instr("lut_s8", dict(n=_size(tensors[op_.inputs[0]]), x=at.ref(op_.inputs[0]), y=at.ref(op_.outputs[0]),
+                                 table=table.astype(np.int64)), _note(op_))]
+
+
 def encode_hard_swish(op_, tensors, at) -> list[Instr]:
     p = hard_swish_check(op_, tensors)
     return [Instr("hard_swish_s8", dict(n=_size(tensors[op_.inputs[0]]), x=at.ref(op_.inputs[0]),
@@ -78,4 +90,5 @@ ENCODERS: dict[tuple[str, str], Callable] = {
     ("SOFTMAX", "INT8"): encode_softmax,
     ("LOGISTIC", "INT8"): encode_logistic,
     ("HARD_SWISH", "INT8"): encode_hard_swish,
+    ("RSQRT", "INT8"): encode_rsqrt,
 }
