@@ -180,8 +180,26 @@ static int op_relu_bwd(tt_rd *r, tt_mem *m) {
     float *dx = (float *)rd_ref(r, m, (int64_t)n * 4);
     if (r->bad) return TT_ERR_BOUNDS;
     if (!dy || !mask || !dx || (acc && dx == dy)) return TT_ERR_ARGS;
-    for (int32_t i = 0; i < n; i++) {
-        float t = dy[i] * ((mask[i >> 3] >> (7 - (i & 7))) & 1 ? 1.0f : 0.0f);
+    /* a mask byte at a time (8 elements, most significant bit first); the same products as element by element */
+    static const float bit[2] = { 0.0f, 1.0f };
+    const int32_t full = n / 8;
+    if (acc) {
+        for (int32_t b = 0; b < full; b++) {
+            const uint32_t mb = mask[b];
+            const float *d = dy + 8 * (int64_t)b;
+            float *o = dx + 8 * (int64_t)b;
+            for (int32_t k = 0; k < 8; k++) o[k] = o[k] + d[k] * bit[(mb >> (7 - k)) & 1];
+        }
+    } else {
+        for (int32_t b = 0; b < full; b++) {
+            const uint32_t mb = mask[b];
+            const float *d = dy + 8 * (int64_t)b;
+            float *o = dx + 8 * (int64_t)b;
+            for (int32_t k = 0; k < 8; k++) o[k] = d[k] * bit[(mb >> (7 - k)) & 1];
+        }
+    }
+    for (int32_t i = 8 * full; i < n; i++) {
+        float t = dy[i] * bit[(mask[i >> 3] >> (7 - (i & 7))) & 1];
         dx[i] = acc ? dx[i] + t : t;
     }
     return TT_OK;

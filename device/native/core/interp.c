@@ -43,19 +43,40 @@ static int op_mask(tt_rd *r, tt_mem *m, int is_float) {
     const uint8_t *s = rd_ref(r, m, (int64_t)n * (is_float ? 4 : 1));
     uint8_t *d = rd_ref(r, m, (n + 7) / 8);
     if (r->bad) return TT_ERR_BOUNDS;
-    for (int32_t i = 0; i < (n + 7) / 8; i++) d[i] = 0;
+    /* a byte at a time: its 8 elements' bits shifted in, first element ending in the most significant bit */
     if (is_float) {
         float lo = rd_f32(r), hi = rd_f32(r);
         const float *y = (const float *)s;
-        for (int32_t i = 0; i < n; i++)
-            if (y[i] > lo && y[i] < hi) d[i >> 3] |= (uint8_t)(0x80u >> (i & 7));
+        if (r->bad) return TT_ERR_ARGS;
+        for (int32_t b = 0; b < (n + 7) / 8; b++) {
+            uint32_t v = 0;
+            for (int32_t k = 0; k < 8; k++) {
+                int32_t i = 8 * b + k;
+                v = (v << 1) | (uint32_t)(i < n && y[i] > lo && y[i] < hi);
+            }
+            d[b] = (uint8_t)v;
+        }
     } else {
         int32_t lo = rd_i32(r), hi = rd_i32(r);
         const int8_t *y = (const int8_t *)s;
-        for (int32_t i = 0; i < n; i++)
-            if (y[i] > lo && y[i] < hi) d[i >> 3] |= (uint8_t)(0x80u >> (i & 7));
+        if (r->bad) return TT_ERR_ARGS;
+        const int32_t full = n / 8;
+        for (int32_t b = 0; b < full; b++) {
+            const int8_t *yy = y + 8 * (int64_t)b;
+            uint32_t v = 0;
+            for (int32_t k = 0; k < 8; k++) v = (v << 1) | (uint32_t)((yy[k] > lo) & (yy[k] < hi));
+            d[b] = (uint8_t)v;
+        }
+        if (n % 8) {
+            uint32_t v = 0;
+            for (int32_t k = 0; k < 8; k++) {
+                int32_t i = 8 * full + k;
+                v = (v << 1) | (uint32_t)(i < n && y[i] > lo && y[i] < hi);
+            }
+            d[full] = (uint8_t)v;
+        }
     }
-    return r->bad ? TT_ERR_ARGS : TT_OK;
+    return TT_OK;
 }
 
 /* op 4 HEAD: cin, cout; x, w, b, logits; scale, zp.
