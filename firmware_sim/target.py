@@ -74,20 +74,13 @@ def check_weights(bundle: Bundle, need: int, profile: Profile) -> None:
                          f"or resolution is needed")
 
 
-class ModelFlash:
-    """The step program's flash: the .tflite bytes the C core / numpy executor read frozen constants from
-    (a read-only array); verify() checks after the run that nothing wrote there."""
+class ModelFlash(Flash):
+    """The step program's flash: the .tflite bytes the C core / numpy executor read frozen constants from (a
+    read-only array, nothing copied out of it); verify() checks after the run that nothing wrote there."""
 
     def __init__(self, model: np.ndarray, size: int):
-        self.image, self.size = model, size
+        self.image, self.size, self.offsets, self.views = model, size, {}, {}
         self.sha256 = self.digest()
-
-    def digest(self) -> str:
-        return hashlib.sha256(self.image.tobytes()).hexdigest()
-
-    def verify(self) -> None:
-        if self.digest() != self.sha256:
-            raise FlashWriteFault("the model buffer (flash) changed during the run")
 
 
 def place_weights(tr: Trainer, profile: Profile) -> Flash | ModelFlash:

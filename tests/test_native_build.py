@@ -14,7 +14,8 @@ from step_helpers import native_core
 ALLOCATORS = {"malloc", "calloc", "realloc", "free", "aligned_alloc", "posix_memalign"}
 
 
-def _undefined(path) -> set[str]:
+def _undefined(path) -> tuple[set[str], str]:
+    """(undefined dynamic symbols, ELF machine) of a built library."""
     from elftools.elf.elffile import ELFFile
     with open(path, "rb") as f:
         elf = ELFFile(f)

@@ -14,7 +14,7 @@ from ..kernels import UnsupportedOpError
 from ..planner import Buffer, plan_greedy
 from ..tflite_reader import read_tflite
 from .compile import ENCODERS
-from .program import ARENA, IO, MODEL, NONE, OPS, Memory, Program, ProgramError, Ref, run_numpy
+from .program import ARENA, IO, MODEL, NONE, Memory, Program, ProgramError, Ref, native_core_for, run_numpy
 
 
 class _Operands:
@@ -87,16 +87,7 @@ class InferenceProgram:
         self.output = _Operands(t, offsets).ref(o)
         self.core = None
         if engine == "native":
-            from ..native import library_path, load
-            self.core = load()
-            if self.core is None:
-                raise ProgramError(f"--engine native: the C core is not built ({library_path()}): run "
-                                   "'python -m device build-native', or use --engine numpy")
-            missing = sorted({ins.op for ins in self.program.instrs if not self.core.has_op(OPS[ins.op].code)})
-            if missing:
-                raise ProgramError(f"the C core {self.core.path} lacks op(s) {', '.join(missing)}: rebuild it "
-                                   "('python -m device build-native') or use --engine numpy")
-            self.words = self.program.encode()
+            self.core, self.words = native_core_for(self.program)
         self.notes = [ins.note for ins in self.program.instrs]
 
     def _view(self, ref: Ref) -> np.ndarray:

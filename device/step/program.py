@@ -168,6 +168,21 @@ class Memory:
         return mem[ref.offset:ref.offset + n].view(ref.dtype).reshape(ref.shape)
 
 
+def native_core_for(prog: Program):
+    """(the host's C core, the program's words) for running `prog` natively; ProgramError, with the fix, when the
+    core is not built or lacks an op the program uses (checked before any step)."""
+    from ..native import library_path, load
+    core = load()
+    if core is None:
+        raise ProgramError(f"--engine native: the C core is not built ({library_path()}): run "
+                           "'python -m device build-native', or use --engine numpy")
+    missing = sorted({i.op for i in prog.instrs if not core.has_op(OPS[i.op].code)})
+    if missing:
+        raise ProgramError(f"the C core {core.path} lacks op(s) {', '.join(missing)}: rebuild it "
+                           "('python -m device build-native') or use --engine numpy")
+    return core, prog.encode()
+
+
 def run_numpy(prog: Program, mem: Memory, first: int = 0, last: int | None = None, profile: dict | None = None) -> None:
     """Execute instructions [first, last) with the numpy kernels. profile: op name -> seconds, accumulated."""
     import time

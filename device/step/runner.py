@@ -21,7 +21,7 @@ from ..planner import plan_greedy
 from ..tflite_reader import read_tflite
 from ..trainer import Trainer
 from .compile import compile_step
-from .program import IO, OPS, Memory, Program, ProgramError, run_numpy
+from .program import IO, Memory, Program, ProgramError, native_core_for, run_numpy
 
 ENGINES = ("native", "numpy")
 _said: set[str] = set()
@@ -67,16 +67,7 @@ class ProgramTrainer(Trainer):
         self.notes = [i.note for i in self.program.instrs]
         self.core = None
         if self.engine_name == "native":
-            from ..native import library_path, load
-            self.core = load()
-            if self.core is None:
-                raise ProgramError(f"--engine native: the C core is not built ({library_path()}): run "
-                                   "'python -m device build-native', or use --engine numpy")
-            missing = sorted({i.op for i in self.program.instrs if not self.core.has_op(OPS[i.op].code)})
-            if missing:
-                raise ProgramError(f"the C core {self.core.path} lacks op(s) {', '.join(missing)}: rebuild it "
-                                   "('python -m device build-native') or use --engine numpy")
-            self.words = self.program.encode()
+            self.core, self.words = native_core_for(self.program)
         self.cut_at: tuple[int, object] | None = None  # (instruction, callback): a simulated power cut (firmware_sim)
         self.heap_bytes: int | None = None   # Python heap peak during one step, measured once by measure_heap()
         self._measure = False
