@@ -196,6 +196,7 @@ def _logits(a, xq: np.ndarray) -> np.ndarray:
         return _tflite_logits(a.tflite, a.engine, xq)
     if a.engine in ENGINES + (None,):
         tr = _trainer(a)
+        a.used_engine = getattr(tr, "engine_name", "numpy Trainer")
         if a.trained:
             tr.load_state(tr.state() | {f"param/{k}": v for k, v in load_trained(tr.bundle, a.trained).items()})
         return tr.predict(xq)
@@ -282,7 +283,7 @@ def cmd_eval(a) -> None:
     x, y = x[:a.limit], y[:a.limit]
     check_labels(y, len(b.labels), a.data)
     acc = float((_logits(a, to_model_input(x, b.manifest, a.data)).argmax(1) == y).mean())
-    print(f"accuracy {acc:.4f} on {len(y)} samples ({a.engine or 'default'} engine{', trained parameters' if a.trained else ''})")
+    print(f"accuracy {acc:.4f} on {len(y)} samples ({getattr(a, 'used_engine', a.engine)} engine{', trained parameters' if a.trained else ''})")
 
 
 def cmd_train(a) -> None:

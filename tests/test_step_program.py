@@ -128,6 +128,21 @@ def test_bad_programs_are_refused_before_any_step(bundle, tmp_path, monkeypatch)
     # a model buffer that is not the program's
     with pytest.raises(NativeError, match="model buffer"):
         core.run(tr.words, tr.arena_bytes(), tr.model[:-1], IO())
+    # an instruction reaching past the arena (a write past the plan): refused before it writes, the bytes after intact
+    from device.step.program import ARENA, Instr, Program, Ref
+    arena = np.zeros(4096 + 64, np.uint8)
+    arena[4096:] = 0xA5
+    bad = Program([Instr("copy", dict(n=64, src=Ref(ARENA, 0, "uint8", (64,)), dst=Ref(ARENA, 4096 - 32, "uint8", (64,))))],
+                  arena_bytes=4096, model=b"")
+    with pytest.raises(NativeError, match="reaches past its memory"):
+        core.run(bad.encode(), arena[:4096], np.zeros(0, np.uint8), IO())
+    assert (arena[4096:] == 0xA5).all() and not arena[:4096].any()
+    # a model buffer whose bytes are not the bundle's (the program's hash): refused before any step
+    import dataclasses
+    other = dataclasses.replace(bundle, manifest={**bundle.manifest, "files": {
+        **bundle.manifest["files"], "inference.tflite": {**bundle.manifest["files"]["inference.tflite"], "sha256": "0" * 64}}})
+    with pytest.raises(ProgramError, match="do not match the program's model hash"):
+        ProgramTrainer(other, OptimConfig("adam"), engine="native")
     # a core that lacks an op the program needs: named, with the fix
     monkeypatch.setattr(type(core), "has_op", lambda self, code: code != 5)
     with pytest.raises(ProgramError, match="lacks op.*softmax_ce.*build-native"):
