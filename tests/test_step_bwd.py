@@ -52,6 +52,10 @@ CONV_CASES = [
     (7, 7, 8, 8, 1, 2, 1, (0, 0, 0, 0)),        # 1x1 stride 2: every other input pixel gets no gradient
     (5, 4, 130, 4, 3, 1, 1, (1, 1, 1, 1)),      # cin > the C core's 64-weight chunk
     (6, 5, 6, 6, 3, 2, 3, (2, 0, 2, 0)),        # odd padding, 3 groups
+    # the C core's 1x1 path: blocks of 16 (or 8) input channels x 16 output channels
+    (5, 7, 20, 40, 1, 1, 1, (0, 0, 0, 0)),      # cin 16 + 4, cout 16 + 16 + 8
+    (3, 5, 7, 3, 1, 1, 1, (0, 0, 0, 0)),        # cin < 8, odd width
+    (4, 4, 33, 17, 1, 1, 1, (0, 0, 0, 0)),      # cin 16 + 16 + 1, cout 16 + 1
 ]
 
 

@@ -170,6 +170,13 @@ CONV_CASES = [  # (h, w, cin, cout, kh, kw, stride, padding, dilation, groups, a
     (11, 9, 2, 4, 3, 2, 2, "SAME", 2, 1, "NONE", True),
     (6, 6, 64, 7, 3, 3, 1, "SAME", 1, 1, "NONE", True),        # 576 taps: the float64 path of the numpy twin
     (7, 5, 6, 6, 5, 5, 1, "SAME", 1, 6, "RELU_N1_TO_1", True),   # groups == channels
+    # the C core's GEMM path (no groups, <= 64 taps): blocks of 16 (or 8) output channels, taps in pairs
+    (9, 7, 1, 16, 3, 3, 1, "SAME", 1, 1, "RELU6", True),       # 9 taps (odd), padding on all sides, one full block
+    (5, 7, 24, 40, 1, 1, 1, "VALID", 1, 1, "NONE", True),      # 40 = 16 + 16 + a block of 8
+    (4, 3, 64, 20, 1, 1, 1, "SAME", 1, 1, "RELU", True),       # 64 taps (the limit), 20 = 16 + 4
+    (8, 7, 5, 9, 3, 3, 2, "SAME", 1, 1, "NONE", False),        # 45 taps, odd width, stride 2: padding on some sides
+    (9, 9, 12, 17, 1, 1, 2, "VALID", 1, 1, "NONE", True),      # 17 = 16 + 1
+    (6, 6, 13, 5, 5, 1, 1, "SAME", 1, 1, "RELU6", True),       # 65 taps: just past the GEMM path
 ]
 
 

@@ -49,6 +49,51 @@ static int32_t out_row(int32_t y, int32_t i, int32_t stride, int32_t pad, int32_
     return t / stride < n_out ? t / stride : -1;
 }
 
+#define CB 16   /* conv_dx 1x1: input channels per register block (the vector lanes) */
+#define COB 16  /* conv_dx 1x1: output channels per weight block (CB * COB floats = 1 KB on the stack) */
+
+/* one pixel's dx[c] (c < nb: 8 or 16, a constant once inlined, so the sums stay in registers) plus the terms of
+ * no output channels in order: a[c] += d[o] * wb[o * CB + c], o = 0, 1, ... */
+static inline void dx_block(float *a, const float *d, const float *wb, int32_t no, const int32_t nb) {
+    float s[CB];
+    for (int32_t c = 0; c < nb; c++) s[c] = a[c];
+    for (int32_t o = 0; o < no; o++) {
+        const float t = d[o];
+        for (int32_t c = 0; c < nb; c++) s[c] += t * wb[o * CB + c];
+    }
+    for (int32_t c = 0; c < nb; c++) a[c] = s[c];
+}
+
+/* conv_dx of a 1x1 conv (stride 1, no padding, no groups): dx (npix, cin) = (acc ? dx : 0) + terms dy[p, co] *
+ * w(co, ci) for co increasing, as op_conv_dx. Blocks of CB input channels x COB output channels: the block's
+ * weights dequantized once into wb; per pixel, the block's dx run through registers (padding lanes see 0
+ * weights and are not stored), the output-channel blocks in order, so each dx element keeps its term order. */
+static void conv_dx_1x1(const float *dy, const uint8_t *wt, float *dx, int64_t npix, int32_t cin, int32_t cout,
+                        int32_t wkind, const float *scale, int32_t zp, int32_t acc) {
+    float wb[COB * CB], a[CB];
+    for (int32_t c0 = 0; c0 < cin; c0 += CB) {
+        const int32_t n = cin - c0 < CB ? cin - c0 : CB, nb = n <= 8 ? 8 : CB;
+        for (int32_t o0 = 0; o0 < cout; o0 += COB) {
+            const int32_t no = cout - o0 < COB ? cout - o0 : COB;
+            for (int32_t o = 0; o < no; o++) {
+                if (wkind == 2)                                   /* HWIO: (ci, co) at ci * cout + co */
+                    load_w(wb + o * CB, wt, 2, (int64_t)c0 * cout + o0 + o, cout, n, 0.0f, 0);
+                else                                              /* OHWI: (co, ci) at co * cin + ci */
+                    load_w(wb + o * CB, wt, wkind, (int64_t)(o0 + o) * cin + c0, 1, n, wkind == 0 ? scale[o0 + o] : 0.0f, zp);
+                for (int32_t c = n; c < CB; c++) wb[o * CB + c] = 0.0f;
+            }
+            const int fresh = o0 == 0 && !acc;
+            for (int64_t p = 0; p < npix; p++) {
+                float *px = dx + p * cin + c0;
+                for (int32_t c = 0; c < CB; c++) a[c] = fresh || c >= n ? 0.0f : px[c];
+                if (nb == 8) dx_block(a, dy + p * cout + o0, wb, no, 8);
+                else dx_block(a, dy + p * cout + o0, wb, no, CB);
+                for (int32_t c = 0; c < n; c++) px[c] = a[c];
+            }
+        }
+    }
+}
+
 /* op 200 CONV_DX: h, w, cin, oh, ow, cout, kh, kw, stride, pad_top, pad_left, groups, wkind, acc; dy, wt, dx;
  * wscale[], wzp. conv_dx in bwd.py. dx[y, x, ci] = (acc ? dx : 0) + terms one at a time: taps (i, j) row-major,
  * then output channels co of ci's group increasing; term = dy[oy, ox, co] * w(co, i, j, ci).
@@ -72,6 +117,10 @@ static int op_conv_dx(tt_rd *r, tt_mem *m) {
     int32_t zp = rd_i32(r);
     if (r->bad) return TT_ERR_BOUNDS;
     if (!dy || !wt || !dx || (wkind == 0 && ns != cout)) return TT_ERR_ARGS;
+    if (kh == 1 && kw == 1 && s == 1 && pt == 0 && pl == 0 && groups == 1 && oh == h && ow == w) {
+        conv_dx_1x1(dy, wt, dx, (int64_t)h * w, cin, cout, wkind, scale, zp, acc);
+        return TT_OK;
+    }
     float buf[CHUNK];
     for (int32_t y = 0; y < h; y++) {
         float *row = dx + (int64_t)y * w * cin;

@@ -7,6 +7,8 @@
 
 #define TT_MAXD 8     /* rank limit of the broadcast / reduce / pad ops (MAX_DIMS in fwd_int8.py) */
 #define CHUNK 64      /* conv / depthwise: output channels per block (per-channel state on the stack) */
+#define NB 16         /* conv2d_s8 GEMM path: output channels per block (the vector lanes) */
+#define KMAX 64       /* conv2d_s8 GEMM path: taps per output at most (the block's int16 weights: NB * KMAX * 2 = 2 KB) */
 
 static int32_t wrap_add(int32_t a, int32_t b) { return (int32_t)((uint32_t)a + (uint32_t)b); }
 static int8_t sat8(int32_t v, int32_t lo, int32_t hi) { return (int8_t)tt_clamp(v, lo, hi); }
@@ -79,6 +81,20 @@ static inline void dot4_s8(const int8_t *x, const int8_t *w, int64_t ws, int32_t
     acc[0] += a0; acc[1] += a1; acc[2] += a2; acc[3] += a3;
 }
 
+/* acc[j] = sum over k < 2 kp of xs[k] * wp[(k / 2) * 2 nb + 2 j + k % 2], j < nb (8 or 16: a constant once
+ * inlined, so the accumulators stay in registers). Taps go in pairs, the two products summed in int32 first:
+ * the shape of the pairwise multiply-add instructions (pmaddwd, smlal); |sum| <= 2 * 255 * 128 */
+static inline void gemv_pairs(const int16_t *xs, const int16_t *wp, int32_t kp, int32_t *acc, const int32_t nb) {
+    int32_t a[NB];
+    for (int32_t j = 0; j < nb; j++) a[j] = 0;
+    for (int32_t k = 0; k < kp; k++) {
+        const int16_t x0 = xs[2 * k], x1 = xs[2 * k + 1];
+        const int16_t *w = wp + k * 2 * nb;
+        for (int32_t j = 0; j < nb; j++) a[j] += (int32_t)x0 * w[2 * j] + (int32_t)x1 * w[2 * j + 1];
+    }
+    for (int32_t j = 0; j < nb; j++) acc[j] = a[j];
+}
+
 /* the per-channel requantization of a block of CHUNK output channels, prepared once per block */
 typedef struct { int32_t bias[CHUNK], mult[CHUNK], left[CHUNK], right[CHUNK]; } requant_block;
 
@@ -118,6 +134,55 @@ static void tap_range(int32_t i0, int32_t k, int32_t d, int32_t size, int32_t *k
     *k1 = b;
 }
 
+/* conv2d_s8 without groups, k = kh * kw * cin <= KMAX taps per output: a small int8 GEMM. Blocks of NB output
+ * channels: the block's weights widened to int16 and transposed (pairs of taps, see gemv_pairs; channels past
+ * cout are 0) once; per output pixel, its taps (ky, kx, ci) gathered as int16 x - zin (0 for taps outside the
+ * input: they add nothing; one more 0 when k is odd), then all the block's channels at once. */
+static int conv2d_gemm(const int8_t *x, const int8_t *wt, const uint8_t *b, int8_t *y, int32_t h, int32_t w,
+                       int32_t cin, int32_t oh, int32_t ow, int32_t cout, int32_t kh, int32_t kw, const conv_params *p) {
+    const int32_t k = kh * kw * cin, kp = (k + 1) / 2;
+    const int16_t z = (int16_t)p->zin;
+    int16_t wp[NB * KMAX], xs[KMAX];
+    int32_t acc[NB];
+    requant_block q;
+    if (k & 1) xs[k] = 0;                                /* the odd last tap's partner */
+    for (int32_t c0 = 0; c0 < cout; c0 += NB) {
+        const int32_t nc = cout - c0 < NB ? cout - c0 : NB, nb = nc <= 8 ? 8 : NB;
+        if (!requant_prepare(&q, p, b, c0, nc)) return TT_ERR_ARGS;
+        for (int32_t t = 0; t < 2 * kp; t++)
+            for (int32_t j = 0; j < nb; j++)
+                wp[(t / 2) * 2 * nb + 2 * j + t % 2] = (int16_t)(j < nc && t < k ? wt[(int64_t)(c0 + j) * k + t] : 0);
+        for (int32_t oy = 0; oy < oh; oy++) {
+            const int32_t iy0 = oy * p->sh - p->pt;
+            for (int32_t ox = 0; ox < ow; ox++) {
+                const int32_t ix0 = ox * p->sw - p->pl;
+                if (kh == 1 && kw == 1 && iy0 >= 0 && iy0 < h && ix0 >= 0 && ix0 < w) {
+                    const int8_t *xp = x + ((int64_t)iy0 * w + ix0) * cin;
+                    for (int32_t ci = 0; ci < cin; ci++) xs[ci] = (int16_t)(xp[ci] - z);
+                } else {
+                    int16_t *o = xs;
+                    for (int32_t ky = 0; ky < kh; ky++) {
+                        const int32_t iy = iy0 + ky * p->dh;
+                        for (int32_t kx = 0; kx < kw; kx++, o += cin) {
+                            const int32_t ix = ix0 + kx * p->dw;
+                            const int8_t *xp = x + ((int64_t)iy * w + ix) * cin;
+                            if (iy < 0 || iy >= h || ix < 0 || ix >= w)
+                                for (int32_t ci = 0; ci < cin; ci++) o[ci] = 0;
+                            else
+                                for (int32_t ci = 0; ci < cin; ci++) o[ci] = (int16_t)(xp[ci] - z);
+                        }
+                    }
+                }
+                if (nb == 8) gemv_pairs(xs, wp, kp, acc, 8);
+                else gemv_pairs(xs, wp, kp, acc, NB);
+                int8_t *yp = y + ((int64_t)oy * ow + ox) * cout + c0;
+                for (int32_t j = 0; j < nc; j++) yp[j] = sat8(requant_one(&q, j, acc[j]) + p->zout, p->lo, p->hi);
+            }
+        }
+    }
+    return TT_OK;
+}
+
 /* op 100 CONV_2D (conv2d_s8): h, w, cin, oh, ow, cout, kh, kw, groups; x (H, W, Cin), wt (Cout, KH, KW, Cin/groups),
  * b (Cout), y (OH, OW, Cout); the conv parameters. Taps outside the input add nothing (TFLite's reference).
  * Loop order: blocks of CHUNK output channels (requantization prepared once), output pixels, channels of the
@@ -140,6 +205,7 @@ static int op_conv2d(tt_rd *r, tt_mem *m) {
     const int32_t zin = p.zin, zout = p.zout, lo = p.lo, hi = p.hi, sh = p.sh, sw = p.sw, dh = p.dh, dw = p.dw;
     const int rows = groups == 1 && dw == 1;
     requant_block q;
+    if (groups == 1 && k <= KMAX) return conv2d_gemm(x, wt, b, y, h, w, cin, oh, ow, cout, kh, kw, &p);
     for (int32_t c0 = 0; c0 < cout; c0 += CHUNK) {
         int32_t nc = cout - c0 < CHUNK ? cout - c0 : CHUNK;
         if (!requant_prepare(&q, &p, b, c0, nc)) return TT_ERR_ARGS;
