@@ -142,7 +142,7 @@ def new_task_model(method: str, bundle_dir: Path, pretrained: Path | None = None
     P --method M --classes 10 --labels ... --data animal-mnist` elsewhere (default: PRETRAINED)."""
     import torch
     from convert import ConvertConfig
-    from convert._bundle import load_model
+    from convert import load_model
     from train.methods import apply_method, set_adapt_mode
     pretrained = pretrained or (PRETRAINED if PRETRAINED.exists() else None)
     src = pretrained or checkpoint("mcunet-tiny", 32, method)
@@ -172,7 +172,7 @@ def quantized_inputs(bundle_dir: Path, n: int, split: str = "test") -> np.ndarra
     """(n, H, W, C) int8 model inputs: task images preprocessed as at conversion (resized, channels repeated),
     quantized by the manifest's rule. device/data.to_model_input only pads, so it cannot feed the 64 px models."""
     import json
-    from convert._bundle import nhwc
+    from convert import nhwc
     from train.data import Preprocess
     m = json.loads((Path(bundle_dir) / "manifest.json").read_text())["input"]
     x = nhwc(getattr(dataset(), split).x[:n], Preprocess.from_dict(m["preprocess"]))

@@ -8,12 +8,12 @@ device-learned parameters back into a stock int8 .tflite.
 `ConvertConfig(..., litert_training=True)` also writes train.tflite (LITERT_METHODS only), driven on the
 host or a board by device.LiteRTTrainer.
 """
-__all__ = ["ConvertConfig", "DEVICE_METHODS", "LITERT_METHODS", "convert", "last_blocks", "merge"]
+__all__ = ["ConvertConfig", "DEVICE_METHODS", "LITERT_METHODS", "convert", "last_blocks", "load_model", "merge", "nhwc"]
 
 
 def __getattr__(name: str):
     """Lazy: `python -m convert --help` must not wait for TensorFlow to load."""
-    if name in ("ConvertConfig", "DEVICE_METHODS", "convert", "last_blocks"):
+    if name in ("ConvertConfig", "DEVICE_METHODS", "convert", "last_blocks", "load_model", "nhwc"):
         from . import _bundle
         return getattr(_bundle, name)
     if name == "LITERT_METHODS":

@@ -13,7 +13,7 @@ from torch import nn
 from device.graph import Graph, Op, Tensor, verify
 from train.errors import UserError
 from train.models import LiteResidual, MobileNet
-from train.models._net import ConvBN, InvertedResidual
+from train.models import ConvBN, InvertedResidual
 
 # PyTorch parameter name -> graph parameter name, per module path suffix (folded BN shift = conv bias)
 _BN_BIAS = ".bn.bias"

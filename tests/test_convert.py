@@ -25,7 +25,7 @@ from torch import nn
 from convert import ConvertConfig, convert, merge
 from convert import _tflite
 from convert._build import build_graph
-from convert._bundle import nhwc
+from convert import nhwc
 from convert._report import compare
 from device.bundle import BundleError, load_bundle, save_trained
 from device.graph import GraphError, Graph, dumps, loads, verify

@@ -107,7 +107,7 @@ def frozen_lite_bundle(tmp_path_factory):
     (gamma = 1, beta = 0, norm2 random): TensorFlow's converter drops those x * 1 and x + 0 from the .tflite."""
     from test_convert import _model, _realistic
     from convert import ConvertConfig, convert
-    from convert._bundle import nhwc
+    from convert import nhwc
     from train.checkpoint import save_checkpoint
     from train.data import Preprocess, load_dataset
     from train.methods import apply_method

@@ -32,7 +32,7 @@ def digits():
 @pytest.fixture(scope="module")
 def bundle_dir(tmp_path_factory, digits):
     from convert import ConvertConfig, convert
-    from convert._bundle import nhwc
+    from convert import nhwc
     from train.checkpoint import save_checkpoint
     from train.data import Preprocess
     from train.models import build_model, load_spec
@@ -244,7 +244,7 @@ def test_lite_branch_update_refused_on_mcu_256k_offers_the_bias_update(tmp_path,
 def test_trainable_blocks_argument_is_parsed_once_for_both_clis():
     import argparse
 
-    from convert._bundle import last_blocks
+    from convert import last_blocks
     from device.graph import last_k_arg, last_units
     from train.errors import UserError
     assert last_k_arg("last:7") == 7 and last_k_arg("last:0") == 0

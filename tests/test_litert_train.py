@@ -117,7 +117,7 @@ def test_train_matches_pytorch_adam_and_restores(lite_peer, digits):
 
 def test_cli_ft_last_bundle_without_lite_branches(tmp_path, digits, capsys):
     from convert.__main__ import main
-    from convert._bundle import ConvertConfig, load_model
+    from convert import ConvertConfig, load_model
     model = _model("mcunet-tiny", 32)
     model.spec = model.spec.replace(lite_residual=False)
     for b in model.blocks:
