@@ -13,7 +13,7 @@ import pytest
 from device.kernels import KERNELS, KernelConfig, UnsupportedOpError
 from device.step.fwd_float import ENCODERS
 from device.step.program import MODEL, NONE, Ref
-from device.tflite_reader import OpInfo, QuantParams, TensorInfo, read_tflite
+from device.tflite_reader import OpInfo, QuantParams, TensorInfo
 from device_helpers import animal_npz, new_task_bundle
 from step_helpers import arena, model, native_core, run_both, view
 
