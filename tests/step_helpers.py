@@ -70,3 +70,48 @@ def run_both(instrs: list[Instr], a: Layout, m: Layout | None = None, io: IO | N
 
 def view(buf: np.ndarray, ref: Ref) -> np.ndarray:
     return buf[ref.offset:ref.offset + ref.nbytes].view(ref.dtype).reshape(ref.shape)
+
+
+def every_tensor_equal(tflite: bytes, xs: np.ndarray) -> int:
+    """Compile `tflite` into an inference program with nothing overlapping (plan_naive), run each input with numpy
+    and with the C core, and compare every int8 tensor the program writes with LiteRT's reference kernels
+    (preserve_all_tensors) and the numpy engine, byte for byte. Returns how many tensors were compared per input."""
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+    from device.engine import Engine
+    from device.planner import plan_naive
+    from device.step.infer import _Operands, compile_inference
+    c = native_core()
+    prog, offsets, m = compile_inference(tflite, planner=plan_naive)
+    at = _Operands(m.tensors, offsets)
+    hidden = {t for ins in prog.instrs for t in ins.hides}
+    it = Interpreter(model_content=tflite, experimental_op_resolver_type=OpResolverType.BUILTIN_REF,
+                     experimental_preserve_all_tensors=True)
+    it.allocate_tensors()
+    eng = Engine(tflite, exact_float=True)
+    mb = np.frombuffer(prog.model, np.uint8)
+    words, notes = prog.encode(), [i.note for i in prog.instrs]
+    x_ref = at.ref(m.inputs[0])
+    checked = 0
+    for x in xs:
+        x = x[None]
+        arenas = [np.zeros(max(prog.arena_bytes, 1), np.uint8) for _ in range(2)]
+        for a in arenas:
+            view(a, x_ref)[...] = x
+        run_numpy(prog, Memory(arenas[0], mb, IO()))
+        c.run(words, arenas[1], mb, IO(), notes=notes)
+        it.set_tensor(it.get_input_details()[0]["index"], x)
+        it.invoke()
+        _, env = eng.run(x, intermediates=True)
+        checked = 0
+        for i in [int(k[4:]) for k in offsets if k.startswith("act:")]:
+            if i in hidden or m.tensors[i].dtype != np.int8:
+                continue
+            ref = it.get_tensor(i)
+            got_np, got_c = view(arenas[0], at.ref(i)), view(arenas[1], at.ref(i))
+            name = f"tensor #{i} '{m.tensors[i].name}'"
+            assert np.array_equal(got_np, ref.reshape(got_np.shape)), f"{name}: numpy program != LiteRT reference"
+            assert np.array_equal(got_c, got_np), f"{name}: C core != numpy program"
+            assert np.array_equal(env[i].reshape(got_np.shape), got_np), f"{name}: engine != program"
+            checked += 1
+    return checked

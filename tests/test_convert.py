@@ -28,12 +28,14 @@ from convert._build import build_graph
 from convert import nhwc
 from convert._report import compare
 from device.bundle import BundleError, load_bundle, save_trained
+from device.engine import Engine
 from device.graph import GraphError, Graph, dumps, loads, verify
 from train.checkpoint import save_checkpoint
 from train.data import Preprocess, load_dataset
 from train.errors import UserError
 from train.methods import apply_method
 from train.models import build_model, insert_lite_residual, load_spec
+from step_helpers import every_tensor_equal
 from bench._bundles import realistic as _realistic  # random weights, BN statistics from real images
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -91,6 +93,10 @@ def test_int8_agrees_with_float_no_transpose(digits, preset, res, ch):
     assert it.get_input_details()[0]["dtype"] == np.int8 and it.get_output_details()[0]["dtype"] == np.int8
     r = compare(model, tfl, _x(digits, res, ch, 64, "test"))
     assert r["agreement"] >= 0.6 and r["logit_rel_rms"] <= 0.4, sorted(r.items())
+    # every int8 tensor of this random preset's forward: the C core == the numpy program == LiteRT's reference
+    # kernels == the numpy engine, byte for byte (issue 13 5a)
+    xq = Engine(tfl).quantize_input(_x(digits, res, ch, 3, "test"))
+    assert every_tensor_equal(tfl, xq) >= 40
 
 
 # ---- the bundle, from a checkpoint on disk -------------------------------------------------------

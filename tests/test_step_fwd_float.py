@@ -4,6 +4,7 @@ with C. Numpy == C over the whole arena, byte for byte, and both == the engine's
 (KernelConfig(exact_float=True), bit-exact with LiteRT's BUILTIN_REF) byte for byte."""
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections import Counter
 
@@ -11,7 +12,7 @@ import numpy as np
 import pytest
 
 from device.kernels import KERNELS, KernelConfig, UnsupportedOpError
-from device.step.fwd_float import ENCODERS
+from device.step.fwd_float import ENCODERS, fuse_group_norm
 from device.step.program import MODEL, NONE, Ref
 from device.tflite_reader import OpInfo, QuantParams, TensorInfo
 from device_helpers import animal_npz, new_task_bundle
@@ -115,6 +116,68 @@ def test_trainable_island_weights_in_the_arena(island):
     conv = max((op for op in ops if op.name == "CONV_2D" and tensors[op.inputs[0]].type == "FLOAT32"),
                key=lambda op: tensors[op.inputs[1]].data.size * np.prod(tensors[op.outputs[0]].shape))
     check_op(conv, tensors, {conv.inputs[0]: env[conv.inputs[0]]}, model_file_layout(raw), in_arena=conv.inputs[1:])
+
+
+def _chain_value(chain: list[OpInfo], tensors, x: int, value: np.ndarray) -> np.ndarray:
+    """The GroupNorm chain op by op with the engine's exact kernels (LiteRT BUILTIN_REF bits)."""
+    env = {x: value}
+    with np.errstate(all="ignore"):
+        for op in chain:
+            args = [None if i < 0 else (tensors[i].data if tensors[i].data is not None else env[i]) for i in op.inputs]
+            env[op.outputs[0]] = np.asarray(KERNELS[op.name](op, tensors, EXACT)(*args)).astype(np.float32)
+    return env[chain[-1].outputs[0]]
+
+
+def _check_fused(ops, k, tensors, m, value, alias=False):
+    at = At(tensors, {ops[k].inputs[0]: value}, m)
+    if alias:                                        # the planner put the norm's output over its input
+        n = fuse_group_norm(ops, k, tensors, at, lambda *_: True)[0]
+        at.refs[ops[k + n - 1].outputs[0]] = at.ref(ops[k].inputs[0])
+    n, instrs = fuse_group_norm(ops, k, tensors, at, lambda *_: True)
+    assert [i.op for i in instrs] == ["group_norm_f32"]
+    chain = list(ops[k:k + n])
+    n_np, n_c, _, _ = run_both(instrs, at.a, at.m)
+    assert np.array_equal(n_np, n_c), f"GroupNorm at op #{ops[k].index}: numpy and C arenas differ"
+    got = view(n_np, at.ref(chain[-1].outputs[0]))
+    want = _chain_value(chain, tensors, ops[k].inputs[0], value)
+    assert got.tobytes() == want.reshape(got.shape).tobytes(), f"GroupNorm at op #{ops[k].index} differs from the chain"
+    return chain
+
+
+def test_group_norm_chains_fuse_into_one_kernel_with_the_chains_bits(island):
+    """Each GroupNorm chain of the lite-branch model (RESHAPE .. RSQRT .. ADD beta, 11 ops) as one instruction:
+    numpy == C == the chain op by op, byte for byte, on its real input and on random ones, also when the
+    output overwrites the input; with gamma's MUL gone (the converter drops a MUL by ones) too."""
+    raw, tensors, ops, env = island
+    m = model_file_layout(raw)
+    rng = np.random.default_rng(1)
+    starts = [k for k in range(len(ops)) if fuse_group_norm(ops, k, tensors, At(tensors, {}, m), lambda *_: True)]
+    assert len(starts) >= 4 and {len(fuse_group_norm(ops, k, tensors, At(tensors, {}, m), lambda *_: True)[1]) for k in starts} == {1}
+    for k in starts:
+        x = ops[k].inputs[0]
+        chain = _check_fused(ops, k, tensors, m, env[x])
+        assert [op.name for op in chain][-2:] == ["MUL", "ADD"] and len(chain) == 11
+        _check_fused(ops, k, tensors, m, (rng.normal(0, 3, tensors[x].shape) + 1.5).astype(np.float32), alias=True)
+    # no gamma: the ADD of beta reads the RESHAPE's output
+    k = starts[0]
+    chain = list(ops[k:k + 11])
+    add = dataclasses.replace(chain[10], inputs=(chain[8].outputs[0], chain[10].inputs[1]))
+    short = list(ops[:k]) + chain[:9] + [add]
+    got = _check_fused(short, k, tensors, m, env[ops[k].inputs[0]])
+    assert len(got) == 10
+
+
+def test_group_norm_stays_op_by_op_when_its_insides_are_needed(island):
+    """Not fused (so the chain's own instructions run) when an intermediate is read elsewhere, or when the
+    output would partly overlap the input."""
+    raw, tensors, ops, env = island
+    m = model_file_layout(raw)
+    k = next(k for k in range(len(ops)) if fuse_group_norm(ops, k, tensors, At(tensors, {}, m), lambda *_: True))
+    assert fuse_group_norm(ops, k, tensors, At(tensors, {}, m), lambda inner, pos: False) is None
+    at = At(tensors, {}, m)
+    x = at.ref(ops[k].inputs[0])
+    at.refs[ops[k + 10].outputs[0]] = Ref(x.base, x.offset + 4, "float32", x.shape)
+    assert fuse_group_norm(ops, k, tensors, at, lambda *_: True) is None
 
 
 # ---- hand-built ops: what the bundle lacks --------------------------------------------------------------

@@ -40,7 +40,8 @@ def data(tmp_path_factory, bundle):
     return to_model_input(z["x"], bundle.manifest), z["y"]
 
 
-@pytest.mark.parametrize("engine,method", [("numpy", "tinytl-b"), ("native", "tinytl-b"), ("native", "tinytl-lb")])
+@pytest.mark.parametrize("engine,method", [("numpy", "tinytl-b"), ("native", "tinytl-b"), ("numpy", "tinytl-lb"),
+                                           ("native", "tinytl-lb")])
 def test_forward_equals_the_engine_on_every_tensor(bundle, lb, data, engine, method):
     if engine == "native":
         native_core()
@@ -50,13 +51,15 @@ def test_forward_equals_the_engine_on_every_tensor(bundle, lb, data, engine, met
     tr.forward(x)
     _, env = Engine(bundle.tflite_path, exact_float=True).run(x, intermediates=True)
     head_out = tr.taps.index[tr.head.outputs[0]]
+    hidden = {t for ins in tr.program.instrs for t in ins.hides}   # inside a fused GroupNorm: never written
+    assert len(hidden) >= 40                  # the lite branches (frozen in TinyTL-B) have their norms fused
     checked = 0
     for name, view in tr.arena.views.items():
-        if name.startswith("act:") and int(name[4:]) != head_out:
+        if name.startswith("act:") and int(name[4:]) != head_out and int(name[4:]) not in hidden:
             ref = env[int(name[4:])]
             assert view.dtype == ref.dtype and np.array_equal(view.reshape(ref.shape), ref), f"{name} differs"
             checked += 1
-    assert checked > 200  # every activation of the model (int8 and float islands), bit for bit
+    assert checked > 100  # every activation of the model (int8 and float islands), bit for bit
 
 
 def _run(bundle, data, engine, opt: OptimConfig, steps: int):

@@ -80,6 +80,42 @@ class _Operands:
         return self.arena(f"param:{n}"), 1, scale.astype(np.float32)
 
 
+def encode_ops(model, at, keep: set[int], skip=None):
+    """Yield (last .tflite op, its instructions) for the model's ops in order, `skip` left out. A GroupNorm chain
+    whose intermediates are read by no one else (not by another op, not in `keep`: saved for backward or a
+    model output) becomes one fused instruction (fwd_float.fuse_group_norm); every other op encodes alone."""
+    ops, tensors = model.ops, model.tensors
+    consumers: dict[int, set[int]] = {}
+    for k, op in enumerate(ops):
+        for i in op.inputs:
+            consumers.setdefault(i, set()).add(k)
+
+    def private(inner, positions) -> bool:
+        return all(t not in keep and consumers.get(t, set()) <= positions for t in inner)
+
+    k = 0
+    while k < len(ops):
+        op = ops[k]
+        if op is skip:
+            k += 1
+            continue
+        fused = fwd_float.fuse_group_norm(ops, k, tensors, at, private)
+        if fused is not None:
+            n, ins = fused
+            yield ops[k + n - 1], ins
+            k += n
+            continue
+        t0 = tensors[op.inputs[0]] if op.inputs and op.inputs[0] >= 0 else None
+        enc = ENCODERS.get((op.name, t0.type if t0 is not None else ""))
+        if enc is None:
+            raise UnsupportedOpError(op, tensors, "no step-program kernel for this op and input type")
+        ins = enc(op, tensors, at)
+        for i in ins:
+            i.note = i.note or f".tflite op #{op.index} {op.name}"
+        yield op, ins
+        k += 1
+
+
 def compile_step(tr, optim: OptimConfig) -> Program:
     """The step program of Trainer `tr` (its plan, graph and bundle)."""
     eng, g, taps, at = tr.engine, tr.graph, tr.taps, _Operands(tr)
@@ -102,18 +138,10 @@ def compile_step(tr, optim: OptimConfig) -> Program:
     head_top = taps.tflite_op(tr.head.outputs[0])
     for i in eng.model.inputs:
         save(i)
-    for op in eng.model.ops:
-        if op is head_top:
-            continue                     # the int8 classifier: the loss and predict use the float head
-        t0 = eng.tensors[op.inputs[0]] if op.inputs and op.inputs[0] >= 0 else None
-        key = (op.name, t0.type if t0 is not None else "")
-        enc = ENCODERS.get(key)
-        if enc is None:
-            raise UnsupportedOpError(op, eng.tensors, "no step-program kernel for this op and input type")
-        for ins in enc(op, eng.tensors, at):
-            ins.note = ins.note or f".tflite op #{op.index} {op.name}"
-            instrs.append(ins)
-        for o in op.outputs:
+    keep = set(saves) | set(eng.model.outputs)
+    for last, ins in encode_ops(eng.model, at, keep, skip=head_top):  # the int8 classifier: the loss and
+        instrs += ins                                                  # predict use the float head
+        for o in last.outputs:
             save(o)
     forward_end = len(instrs)
 

@@ -25,7 +25,7 @@ from ..kernels._common import check_activation, out_size_and_pad
 from ..tflite_reader import OpInfo, TensorInfo
 from . import core  # noqa: F401  (RESHAPE encodes as the core op `copy`)
 from .core import round_away
-from .program import Instr, Ref, op
+from .program import NONE, Instr, Ref, op
 
 F32 = np.float32
 INF = float("inf")
@@ -196,6 +196,29 @@ def avgpool_f32(mem, h, w, c, oh, ow, x, y, kh, kw, sh, sw, pt, pl, lo, hi):
             count += _taps(inside, ky, kx, oh, ow, sh, sw, 1, 1)
             acc = t.copy() if acc is None else acc + t
     y.reshape(oh, ow, c)[...] = clamp(acc / count, lo, hi)
+
+
+@op("group_norm_f32", 150, "hw:i32 c:i32 groups:i32 x:ref y:ref gamma:ref beta:ref eps:f32 lo:f32 hi:f32")
+def group_norm_f32(mem, hw, c, groups, x, y, gamma, beta, eps, lo, hi):
+    """The converter's GroupNorm chain (RESHAPE, MEAN, SUB, MUL, MEAN, ADD eps, RSQRT, MUL, RESHAPE[, MUL
+    gamma][, ADD beta]) in one pass over its input, the same float32 operations in the same order: per group g
+    (channels [g c/groups, (g + 1) c/groups)), over its elements in (pixel, channel) order, m = the MEAN's sum /
+    n; v = the MEAN of (x - m) * (x - m); r = 1 / sqrt(v + eps); y = ((x - m) * r) * gamma + beta, clamped.
+    Nothing else is written (the chain's intermediates are its own); y may be x itself."""
+    cg = c // groups
+    n = F32(hw * cg)
+    v = x.reshape(hw, groups, cg)
+    with np.errstate(all="ignore"):
+        m = np.cumsum(v.transpose(1, 0, 2).reshape(groups, -1), axis=1, dtype=F32)[:, -1] / n
+        d = v - m[None, :, None]
+        var = np.cumsum((d * d).transpose(1, 0, 2).reshape(groups, -1), axis=1, dtype=F32)[:, -1] / n
+        r = F32(1) / np.sqrt(var + F32(eps))
+        out = (d * r[None, :, None]).reshape(hw, c)
+        if gamma is not None:
+            out = out * gamma.reshape(c)
+        if beta is not None:
+            out = out + beta.reshape(c)
+    y.reshape(hw, c)[...] = clamp(out, lo, hi)
 
 
 # ---- encoders: (.tflite op name, "FLOAT32") -> encode(op, tensors, at) -> [Instr] -------------------------
@@ -434,6 +457,70 @@ def encode_avgpool(op_: OpInfo, tensors: list[TensorInfo], at) -> list[Instr]:
     lo, hi = _act(op_, tensors)
     return [Instr("avgpool_f32", dict(h=h, w=w, c=c, x=at.ref(op_.inputs[0]), y=at.ref(op_.outputs[0]), kh=kh, kw=kw,
                                       lo=lo, hi=hi, **g), _note(op_))]
+
+
+def _overlap(a: Ref, b: Ref) -> bool:
+    return a.base == b.base and a.base >= 0 and a.offset < b.offset + b.nbytes and b.offset < a.offset + a.nbytes
+
+
+def fuse_group_norm(ops: list[OpInfo], k: int, tensors: list[TensorInfo], at, private) -> tuple[int, list[Instr]] | None:
+    """If ops[k:] start the converter's GroupNorm chain (see group_norm_f32) whose intermediates nobody else
+    reads (private(tensor, op positions) says so), (ops taken, [the fused instruction]); else None, and the
+    chain runs op by op (same bits either way)."""
+    def at_(j, name, n_in):
+        return k + j < len(ops) and ops[k + j].name == name and len(ops[k + j].inputs) >= n_in and \
+            all(tensors[i].type == "FLOAT32" for i in ops[k + j].inputs[:n_in] if i >= 0)
+
+    if not all(at_(j, n, c) for j, (n, c) in enumerate([("RESHAPE", 1), ("MEAN", 1), ("SUB", 2), ("MUL", 2), ("MEAN", 1),
+                                                         ("ADD", 2), ("RSQRT", 1), ("MUL", 2), ("RESHAPE", 1)])):
+        return None
+    o = [ops[k + j] for j in range(9)]
+    x, r = o[0].inputs[0], o[0].outputs[0]
+    xs, rs = tuple(tensors[x].shape), tuple(tensors[r].shape)
+    if len(xs) != 4 or xs[0] != 1 or len(rs) < 3 or rs[0] != 1 or rs[-1] * rs[-2] != xs[3] or \
+            tuple(tensors[o[8].outputs[0]].shape) != xs:
+        return None
+    hw, c, groups = xs[1] * xs[2], xs[3], rs[-2]
+    axes = set(range(1, len(rs))) - {len(rs) - 2}
+    for j in (1, 4):
+        if o[j].inputs[1] < 0 or tensors[o[j].inputs[1]].data is None or \
+                {int(a) % len(rs) for a in tensors[o[j].inputs[1]].data.reshape(-1)} != axes:
+            return None
+    m, d, sq, v, ve, rq, nrm = (o[j].outputs[0] for j in (1, 2, 3, 4, 5, 6, 7))
+    eps = [i for i in o[5].inputs[:2] if i != v]
+    if o[1].inputs[0] != r or tuple(o[2].inputs[:2]) != (r, m) or tuple(o[3].inputs[:2]) != (d, d) or o[4].inputs[0] != sq or \
+            v not in o[5].inputs[:2] or len(eps) != 1 or tensors[eps[0]].data is None or tensors[eps[0]].data.size != 1 or \
+            o[6].inputs[0] != ve or sorted(o[7].inputs[:2]) != sorted([d, rq]) or o[8].inputs[0] != nrm:
+        return None
+    if any(_act(op_, tensors) != ACT_RANGE["NONE"] for op_ in o[2:8]):
+        return None
+    chain, out, params = list(o), o[8].outputs[0], {}
+    for name in ("MUL", "ADD"):       # gamma, beta: a (C,) operand, in either order
+        op_ = ops[k + len(chain)] if k + len(chain) < len(ops) else None
+        if op_ is None or op_.name != name or out not in op_.inputs[:2]:
+            continue
+        p = [i for i in op_.inputs[:2] if i != out]
+        if len(p) != 1 or p[0] < 0 or tensors[p[0]].type != "FLOAT32" or int(np.prod(tensors[p[0]].shape)) != c or \
+                tuple(tensors[p[0]].shape)[-1:] != (c,) or tuple(tensors[op_.outputs[0]].shape) != xs:
+            break
+        if name == "MUL" and _act(op_, tensors) != ACT_RANGE["NONE"]:
+            break
+        params[name] = p[0]
+        chain.append(op_)
+        out = op_.outputs[0]
+    inner = [t for op_ in chain[:-1] for t in op_.outputs]
+    if not private(inner, set(range(k, k + len(chain)))):
+        return None
+    xr, yr = at.ref(x), at.ref(out)
+    gr = at.ref(params["MUL"]) if "MUL" in params else None
+    br = at.ref(params["ADD"]) if "ADD" in params else None
+    if xr != yr and _overlap(xr, yr) or any(p is not None and _overlap(p, yr) for p in (gr, br)):
+        return None
+    lo, hi = _act(chain[-1], tensors) if chain[-1].name in ("MUL", "ADD") else ACT_RANGE["NONE"]
+    note = f".tflite ops #{chain[0].index}-{chain[-1].index} GroupNorm ({len(chain)} ops fused)"
+    return len(chain), [Instr("group_norm_f32", dict(hw=hw, c=c, groups=groups, x=xr, y=yr, gamma=gr or NONE,
+                                                     beta=br or NONE, eps=F32(tensors[eps[0]].data.reshape(-1)[0]),
+                                                     lo=lo, hi=hi), note, hides=tuple(inner))]
 
 
 ENCODERS: dict[tuple[str, str], Callable] = {

@@ -13,7 +13,7 @@ import numpy as np
 from ..kernels import UnsupportedOpError
 from ..planner import Buffer, plan_greedy
 from ..tflite_reader import read_tflite
-from .compile import ENCODERS
+from .compile import encode_ops
 from .program import ARENA, IO, MODEL, NONE, Memory, Program, ProgramError, Ref, native_core_for, run_numpy
 
 
@@ -60,14 +60,8 @@ def compile_inference(model: bytes, planner=plan_greedy) -> tuple[Program, dict[
     plan = planner(bufs)
     at = _Operands(m.tensors, plan.offsets)
     instrs = []
-    for op in m.ops:
-        t0 = m.tensors[op.inputs[0]] if op.inputs and op.inputs[0] >= 0 else None
-        enc = ENCODERS.get((op.name, t0.type if t0 is not None else ""))
-        if enc is None:
-            raise UnsupportedOpError(op, m.tensors, "no step-program kernel for this op and input type")
-        for ins in enc(op, m.tensors, at):
-            ins.note = ins.note or f".tflite op #{op.index} {op.name}"
-            instrs.append(ins)
+    for _, ins in encode_ops(m, at, set(m.outputs)):
+        instrs += ins
     prog = Program(instrs, arena_bytes=plan.peak.get("sram", 0), model=bytes(model), sections={"forward": (0, len(instrs))})
     return prog, plan.offsets, m
 

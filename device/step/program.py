@@ -77,6 +77,7 @@ class Instr:
     op: str
     args: dict
     note: str = ""                # where it comes from (".tflite op #12 CONV_2D", "backward of blocks.3.project")
+    hides: tuple = ()             # .tflite tensors a fused instruction computes inside and never writes
 
     def words(self) -> list[int]:
         d = OPS[self.op]

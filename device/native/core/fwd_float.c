@@ -367,6 +367,49 @@ static int op_avgpool(tt_rd *r, tt_mem *m) {
 }
 
 /* r == NULL asks whether the op is known (TT_OK) without running it */
+/* op 150 GROUP_NORM_F32 (fwd_float.group_norm_f32): hw, c, groups; x, y, gamma (or none), beta (or none); eps,
+ * lo, hi. The converter's GroupNorm chain in one kernel, the chain's float32 operations in its order. Per group
+ * (channels [g cg, (g + 1) cg)), its elements in (pixel, channel) order: m = (first + next + ...) / n (MEAN);
+ * v = the same sum of (x - m) * (x - m), / n; r = 1 / sqrt(v + eps); y = ((x - m) * r) * gamma + beta, clamped.
+ * A group reads and writes only its own channels, so y may be x itself. */
+static int op_group_norm(tt_rd *r, tt_mem *m) {
+    int32_t hw = rd_i32(r), c = rd_i32(r), groups = rd_i32(r);
+    if (hw <= 0 || c <= 0 || groups <= 0 || c % groups) return TT_ERR_ARGS;
+    const float *x = (const float *)rd_ref(r, m, (int64_t)hw * c * 4);
+    float *y = (float *)rd_ref(r, m, (int64_t)hw * c * 4);
+    const float *gamma = (const float *)rd_ref(r, m, (int64_t)c * 4);
+    const float *beta = (const float *)rd_ref(r, m, (int64_t)c * 4);
+    float eps = rd_f32(r), lo = rd_f32(r), hi = rd_f32(r);
+    if (r->bad || !x || !y) return TT_ERR_BOUNDS;
+    const int32_t cg = c / groups;
+    const float n = (float)((int64_t)hw * cg);
+    for (int32_t g = 0; g < groups; g++) {
+        const float *xg = x + (int64_t)g * cg;
+        float *yg = y + (int64_t)g * cg;
+        float s = 0.0f;
+        for (int32_t p = 0; p < hw; p++)
+            for (int32_t j = 0; j < cg; j++)
+                s = (p == 0 && j == 0) ? xg[0] : s + xg[(int64_t)p * c + j];
+        const float mean = s / n;
+        float q = 0.0f;
+        for (int32_t p = 0; p < hw; p++)
+            for (int32_t j = 0; j < cg; j++) {
+                float d = xg[(int64_t)p * c + j] - mean;
+                d = d * d;
+                q = (p == 0 && j == 0) ? d : q + d;
+            }
+        const float rs = 1.0f / tt_sqrtf(q / n + eps);
+        for (int32_t p = 0; p < hw; p++)
+            for (int32_t j = 0; j < cg; j++) {
+                float v = (xg[(int64_t)p * c + j] - mean) * rs;
+                if (gamma) v = v * gamma[g * cg + j];
+                if (beta) v = v + beta[g * cg + j];
+                yg[(int64_t)p * c + j] = clampf(v, lo, hi);
+            }
+    }
+    return TT_OK;
+}
+
 int tt_fwd_float_op(int32_t op, tt_rd *r, tt_mem *m) {
     switch (op) {
     case 140: return r ? op_conv2d(r, m) : TT_OK;
@@ -379,6 +422,7 @@ int tt_fwd_float_op(int32_t op, tt_rd *r, tt_mem *m) {
     case 147: return r ? op_resize_bilinear(r, m) : TT_OK;
     case 148: return r ? op_pad(r, m) : TT_OK;
     case 149: return r ? op_avgpool(r, m) : TT_OK;
+    case 150: return r ? op_group_norm(r, m) : TT_OK;
     default: return TT_ERR_OP;
     }
 }
