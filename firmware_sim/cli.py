@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -12,6 +13,8 @@ from device.graph import last_k_arg
 EXAMPLES = {
     "run": "python -m firmware_sim run --bundle bundles/animal --profile mcu-256k --data animal_train.npz \\\n"
            "      --eval-data animal_test.npz --steps 200 --out runs/sim/mcu-256k --power-loss-at random",
+    "build": "python -m firmware_sim build --bundle bundles/animal --profile stm32h743 --optimizer adam --lr 1e-3 \\\n"
+             "      --trainable-blocks last:10 --out runs/fw/stm32h743",
     "fit": "python -m firmware_sim fit --checkpoint runs/pretrain/model.pt --profile mcu-256k --data animal-mnist",
     "profiles": "python -m firmware_sim profiles",
 }
@@ -44,9 +47,25 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--eval-limit", type=int, default=500)
     s.add_argument("--engine", choices=("native", "numpy"),
                    help="who runs the step program: the C core (default when built) or the numpy reference")
+    s.add_argument("--target", choices=("host", "emulated"), default="host",
+                   help="host: the step program in this process (C core or numpy); emulated: the firmware image on an "
+                        "emulated Cortex-M (Unicorn) with only the profile's flash and SRAM mapped (default: host)")
+    s.add_argument("--firmware", type=Path, help="--target emulated: an image folder from 'build' (default: build one "
+                                                 "into OUT/firmware with this run's trainables and optimizer)")
     s.add_argument("--power-loss-at", action="append", default=[], metavar="STEP[:PHASE]|random",
                    help="cut the power (repeatable); phases: forward, backward, update, ckpt-write, ckpt-fsync, "
                         "ckpt-rename, ckpt-cleanup")
+    s = cmd("build", "Build the update step as a Cortex-M firmware image (ELF, .bin, map summary) sized by the profile; "
+                     "the linker refuses what does not fit.")
+    s.add_argument("--bundle", required=True, type=Path)
+    s.add_argument("--profile", required=True, help="an mcu profile with a 'cpu' field (built-in name or .yaml path)")
+    s.add_argument("--out", required=True, type=Path, help="the image folder (built in a temporary folder, then renamed)")
+    s.add_argument("--optimizer", choices=("sgd", "adam"), default="sgd", help="(default: sgd)")
+    s.add_argument("--lr", type=float, default=1e-2, help="(default: 1e-2; the host streams the schedule)")
+    s.add_argument("--trainables", choices=("bundle", "ft-last", "tinytl-b", "tinytl-lb"), default="bundle",
+                   help="what learns (default: as the bundle says)")
+    s.add_argument("--trainable-blocks", metavar="last:K", type=last_k_arg, help="only the last K units' trainables (plus the classifier)")
+    s.add_argument("--stack-bytes", type=int, default=None, help="SRAM for the stack (default: 3072, measured 2,640 at the high-water mark)")
     s = cmd("fit", "Which configuration fits the target: planned peak per method and resolution, deepest partial update.")
     s.add_argument("--checkpoint", required=True, type=Path)
     s.add_argument("--profile", required=True)
@@ -56,6 +75,8 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--optimizer", choices=("sgd", "adam"), default="sgd")
     s.add_argument("--work", type=Path, help="keep the converted bundles here (default: a temp folder)")
     cmd("profiles", "List the built-in device profiles.")
+    from .tflm import add_parser as add_tflm
+    add_tflm(sub)
     return p
 
 
@@ -72,6 +93,19 @@ def cmd_run(a) -> None:
     cfg = SimConfig(steps=a.steps, seed=a.seed, optimizer=a.optimizer, lr=a.lr, trainables=a.trainables,
                     last_k=a.trainable_blocks, checkpoint_every=a.checkpoint_every, eval_every=a.eval_every,
                     eval_limit=a.eval_limit, cuts=cuts, engine=a.engine)
+    if a.target == "emulated":
+        from .firmware import build_firmware
+        fw = a.firmware
+        if fw is None:
+            fw = a.out / "firmware"
+            try:
+                build_firmware(a.bundle, profile, cfg, fw, log=lambda s: print(s, flush=True))
+            except Exception as e:
+                if type(e).__name__ == "FirmwareRefused":
+                    a.out.mkdir(parents=True, exist_ok=True)
+                    (a.out / "refused.txt").write_text(str(e) + "\n")
+                raise
+        cfg = dataclasses.replace(cfg, firmware=str(fw))
     data = load_labelled(a.data, bundle.labels)
     ev = load_labelled(a.eval_data, bundle.labels) if a.eval_data else None
     ckpt = a.out / "checkpoints"
@@ -87,9 +121,24 @@ def cmd_run(a) -> None:
         (a.out / "refused.txt").write_text(str(e) + "\n")
         raise
     path = report.write_run_report(r, a.out)
+    em = r.get("emulated")
+    if em:
+        print(f"emulated {em['cpu']}: {em['instructions_per_step']:,} instructions per step ({em['counted_steps']} counted), "
+              f">= {1e3 * em['step_seconds_lower_bound']:.0f} ms/step at {profile.clock_mhz:g} MHz (a lower bound: 1 "
+              f"instruction/cycle, no wait states, no cache model); stack high-water {em['stack_used']:,} of "
+              f"{em['stack_bytes']:,} bytes")
     print(f"{profile.name}: {r['region']} arena {r['plan'].peak[r['region']]:,} of {r['budget']:,} bytes, weights "
           f"{r['weights_bytes']:,} bytes in {profile.weight_region}; {1e3 * r['step_seconds_est']:.1f} ms/step estimated; "
           f"final accuracy {r['curve'][-1][1]:.4f}; {len(r['events'])} power loss(es) -> {path}")
+
+
+def cmd_build(a) -> None:
+    from .firmware import STACK_BYTES, build_firmware
+    from .profiles import load_profile
+    from .run import SimConfig
+    cfg = SimConfig(optimizer=a.optimizer, lr=a.lr, trainables=a.trainables, last_k=a.trainable_blocks)
+    build_firmware(a.bundle, load_profile(a.profile), cfg, a.out, stack=a.stack_bytes or STACK_BYTES,
+                   log=lambda s: print(s, flush=True))
 
 
 def cmd_fit(a) -> None:
@@ -117,14 +166,20 @@ def main(argv: list[str] | None = None) -> int:
     from device.data import DataError
     from .profiles import ProfileError
     from .run import SimRefused
+    from .emulated import EmulatorFault
+    from .firmware import FirmwareError, FirmwareRefused
     from .target import FlashError
     a = _parser().parse_args(argv)
     try:
-        {"run": cmd_run, "fit": cmd_fit, "profiles": cmd_profiles}[a.cmd](a)
+        from .tflm import cmd_export_tflm
+        {"run": cmd_run, "build": cmd_build, "fit": cmd_fit, "profiles": cmd_profiles, "export-tflm": cmd_export_tflm}[a.cmd](a)
         return 0
-    except SimRefused as e:
+    except (SimRefused, FirmwareRefused) as e:
         print(f"error: {e}", file=sys.stderr)
         return 3
-    except (ProfileError, FlashError, BundleError, CheckpointError, DataError, ValueError) as e:
+    except EmulatorFault as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 4
+    except (ProfileError, FlashError, BundleError, CheckpointError, DataError, FirmwareError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -6,7 +6,8 @@
 Two kinds. `mcu`: sram_kb, flash_kb (frozen int8 weights live in flash, read-only; every buffer of the update
 step in SRAM). `linux`: dram_mb (weights and the step's arena share DRAM). Both: clock_mhz, int8_macs_per_s
 (latency = MACs / rate), optional power_mw (energy = power x time) and reserved_* (what the rest of the
-firmware / the OS keeps). KB = 1024 bytes, MB = 2**20 bytes. Unknown, missing, negative or non-numeric
+firmware / the OS keeps); an MCU's optional `cpu` (cortex-m4f, cortex-m7f, cortex-m33f) is what
+`firmware_sim build` compiles for and `run --target emulated` emulates. KB = 1024 bytes, MB = 2**20 bytes. Unknown, missing, negative or non-numeric
 fields are errors naming the file and the field.
 """
 from __future__ import annotations
@@ -19,10 +20,11 @@ KB, MB = 1024, 1024 ** 2
 
 COMMON = {"name": str, "description": str, "kind": str, "clock_mhz": float, "int8_macs_per_s": float, "power_mw": float}
 BY_KIND = {  # field -> required?
-    "mcu": {"sram_kb": True, "flash_kb": True, "reserved_sram_kb": False, "reserved_flash_kb": False},
+    "mcu": {"sram_kb": True, "flash_kb": True, "reserved_sram_kb": False, "reserved_flash_kb": False, "cpu": False},
     "linux": {"dram_mb": True, "reserved_dram_mb": False},
 }
 OPTIONAL = {"description", "power_mw"}
+CPUS = ("cortex-m4f", "cortex-m7f", "cortex-m33f")   # Cortex-M cores with a single-precision FPU
 
 
 class ProfileError(ValueError):
@@ -40,6 +42,7 @@ class Profile:
     power_mw: float | None = None  # mW while training, for the energy estimate
     description: str = ""
     path: str = ""
+    cpu: str | None = None        # MCU core and FPU (cortex-m4f, cortex-m7f, cortex-m33f): what `build` compiles for
 
     @property
     def budgets(self) -> dict[str, int]:
@@ -97,7 +100,9 @@ def load_profile(name_or_path: str | Path) -> Profile:
     missing = sorted(required - {k for k, v in d.items() if v is not None})
     if missing:
         raise ProfileError(f"{p}: missing field(s) {', '.join(missing)}")
-    num = {k: _number(p, k, v) for k, v in d.items() if k not in ("name", "description", "kind") and v is not None}
+    if d.get("cpu") is not None and d["cpu"] not in CPUS:
+        raise ProfileError(f"{p}: field 'cpu' must be one of {', '.join(CPUS)}, got {d['cpu']!r}")
+    num = {k: _number(p, k, v) for k, v in d.items() if k not in ("name", "description", "kind", "cpu") and v is not None}
     for k in ("clock_mhz", "int8_macs_per_s"):
         if num[k] <= 0:
             raise ProfileError(f"{p}: field '{k}' must be > 0, got {d[k]!r}")
@@ -112,4 +117,4 @@ def load_profile(name_or_path: str | Path) -> Profile:
             raise ProfileError(f"{p}: reserved {r} ({reserved[r]} bytes) leaves nothing of {memory[r]} bytes")
     return Profile(name=str(d["name"]), kind=kind, memory=memory, reserved=reserved, clock_mhz=num["clock_mhz"],
                    int8_macs_per_s=num["int8_macs_per_s"], power_mw=num.get("power_mw"),
-                   description=str(d.get("description") or ""), path=str(p))
+                   description=str(d.get("description") or ""), path=str(p), cpu=d.get("cpu"))

@@ -55,6 +55,7 @@ class SimConfig:
     eval_limit: int = 500               # held-out samples per accuracy point
     cuts: tuple = field(default_factory=tuple)  # faults.Cut, in order
     engine: str | None = None           # native (the step program on the C core) | numpy | None: native if built
+    firmware: str | None = None         # an image folder (firmware_sim build): run on the emulated MCU (--target emulated)
 
     def optim(self) -> OptimConfig:
         return OptimConfig(self.optimizer, lr=self.lr, schedule=self.schedule, total_steps=max(1, self.steps))
@@ -129,7 +130,7 @@ def plan_or_refuse(bundle: Bundle, cfg: SimConfig, profile: Profile, weights: in
     """Build the target's trainer, or raise SimRefused before any step."""
     b = select(bundle, cfg)
     try:
-        tr = target.build_trainer(b, profile, cfg.optim(), weights=weights, engine=cfg.engine)
+        tr = target.build_trainer(b, profile, cfg.optim(), weights=weights, engine=cfg.engine, firmware=cfg.firmware)
     except BudgetError as e:
         what = {"ft-full": "FT-Full (every conv weight trains: it cannot be an int8 bundle, so this plan applies the "
                            "device's buffer rules to the bundle's graph with all weights float32 and trainable)"}.get(
@@ -159,6 +160,8 @@ def boot(bundle: Bundle, cfg: SimConfig, profile: Profile):
     """Power on: a fresh arena (SRAM content is gone) and the weights in flash."""
     tr = plan_or_refuse(bundle, cfg, profile, _weights(bundle))
     flash = target.place_weights(tr, profile)
+    if hasattr(tr, "mcu"):
+        tr.count_next = True                  # count the instructions of the first step after each boot
     _canary(tr)
     return tr, flash
 
@@ -214,6 +217,7 @@ def simulate(bundle_path: str | Path, profile: Profile, cfg: SimConfig, data: tu
             tr, flash = boot(bundle, cfg, profile)
             boots += 1
     flash.verify()
+    emulated = _emulated(tr, profile)
     seconds = time.time() - t0
     region = profile.step_region
     step_s = macs["total"] / profile.int8_macs_per_s
@@ -228,7 +232,23 @@ def simulate(bundle_path: str | Path, profile: Profile, cfg: SimConfig, data: tu
         "heap_bytes_per_step": getattr(tr, "heap_bytes", None), "events": events, "boots": boots,
         "canary_ok": _canary_ok(tr), "checkpoints": readable, "params": {n: v.copy() for n, v in tr.params.items()},
         "eval_samples": len(ev[1]), "eval_source": "eval data" if eval_data is not None else "training data (no --eval-data)",
+        "emulated": emulated,
     }
+
+
+def _emulated(tr, profile: Profile) -> dict | None:
+    """What the emulated chip measured: instructions per step, the lower-bound time at the profile's clock, the
+    stack's high-water mark, the image's sizes; FlashWriteFault if its flash changed."""
+    if not hasattr(tr, "mcu"):
+        return None
+    if not tr.mcu.flash_unchanged():
+        raise target.FlashWriteFault("the emulated chip's flash changed during the run")
+    n = tr.step_instructions
+    per = int(np.median(n)) if n else None
+    return {"cpu": tr.mcu.meta["cpu"], "instructions_per_step": per, "counted_steps": len(n),
+            "step_seconds_lower_bound": per / (profile.clock_mhz * 1e6) if per else None,
+            "stack_used": tr.mcu.stack_used(), "stack_bytes": tr.mcu.stack_bytes, "sizes": tr.mcu.meta["sizes"],
+            "firmware": str(tr.mcu.dir)}
 
 
 def _readable(p: Path) -> bool:

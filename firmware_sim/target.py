@@ -111,16 +111,21 @@ def budgets_for(profile: Profile, weights: int = 0) -> dict[str, int]:
 
 
 def build_trainer(bundle: Bundle, profile: Profile, optim: OptimConfig, *, weights: int | None = None,
-                  engine: str | None = None) -> Trainer:
+                  engine: str | None = None, firmware=None) -> Trainer:
     """A Trainer whose plan was checked against the profile before any arena existed (BudgetError otherwise,
     carrying .plan), then moved into an arena of exactly the budget (MCU) or the plan plus a guard zone (board).
-    engine: "native" (the step program on the C core), "numpy" (the same program on numpy), None: native if built."""
+    engine: "native" (the step program on the C core), "numpy" (the same program on numpy), None: native if built;
+    firmware: an image folder (`firmware_sim build`): the program runs on the emulated MCU instead."""
     from device import make_trainer
     region = profile.step_region
     if weights is None:
         weights = _const_bytes(bundle)
     budgets = budgets_for(profile, weights)
-    tr = make_trainer(bundle, optim, budgets=budgets, region=region, engine=engine)
+    if firmware is not None:   # the step program runs on the emulated chip (the image in `firmware`)
+        from .emulated import EmulatedTrainer
+        tr = EmulatedTrainer(bundle, optim, firmware, budgets=budgets, region=region)
+    else:
+        tr = make_trainer(bundle, optim, budgets=budgets, region=region, engine=engine)
     from device.memplan import Arena
     state = tr.state()
     # an MCU's arena is exactly its budget; a board's DRAM budget (hundreds of MB) gets the plan plus a guard zone

@@ -78,7 +78,7 @@ def build(target: str = HOST, *, out: Path | None = None, extra_flags: list[str]
     with tempfile.TemporaryDirectory(dir=out.parent) as tmp:   # atomic: a failed build leaves the old library
         tmp_lib = Path(tmp) / out.name
         cmd = zig() + ["cc", "-target", target, *flags, "-o", str(tmp_lib), *map(str, srcs)]
-        r = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "ZIG_GLOBAL_CACHE_DIR": _cache_dir()})
+        r = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "ZIG_GLOBAL_CACHE_DIR": cache_dir()})
         if r.returncode != 0:
             raise BuildError(f"building the C core for {target} failed:\n{r.stderr.strip()[-3000:]}")
         os.replace(tmp_lib, out)
@@ -92,13 +92,13 @@ def build_executable(target: str, sources_: list[Path], out: Path, extra_flags: 
     """A static test executable (e.g. aarch64-linux-musl for qemu-aarch64-static): the core + a driver."""
     flags = [f for f in CFLAGS if f not in ("-ffreestanding", "-nostdlib")] + ["-static"] + list(extra_flags or [])
     cmd = zig() + ["cc", "-target", target, *flags, "-o", str(out), *map(str, sources() + list(sources_))]
-    r = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "ZIG_GLOBAL_CACHE_DIR": _cache_dir()})
+    r = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "ZIG_GLOBAL_CACHE_DIR": cache_dir()})
     if r.returncode != 0:
         raise BuildError(f"building {out.name} for {target} failed:\n{r.stderr.strip()[-3000:]}")
     return out
 
 
-def _cache_dir() -> str:
+def cache_dir() -> str:
     return os.environ.get("ZIG_GLOBAL_CACHE_DIR") or str(Path.home() / ".cache" / "zig")
 
 

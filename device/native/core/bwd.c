@@ -7,7 +7,10 @@
  * fall into the padding are skipped. */
 #include "tt.h"
 
-#define CHUNK 64   /* weights dequantized at a time into a stack buffer (floats): one row, never the whole weight */
+#ifndef TT_CHUNK
+#define TT_CHUNK 64
+#endif
+#define CHUNK TT_CHUNK   /* weights dequantized at a time into a stack buffer (floats): one row, never the whole weight */
 
 static void zero_f32(float *p, int64_t n) { for (int64_t i = 0; i < n; i++) p[i] = 0.0f; }
 
@@ -49,8 +52,14 @@ static int32_t out_row(int32_t y, int32_t i, int32_t stride, int32_t pad, int32_
     return t / stride < n_out ? t / stride : -1;
 }
 
-#define CB 16   /* conv_dx 1x1: input channels per register block (the vector lanes) */
-#define COB 16  /* conv_dx 1x1: output channels per weight block (CB * COB floats = 1 KB on the stack) */
+#ifndef TT_CB
+#define TT_CB 16
+#endif
+#define CB TT_CB   /* conv_dx 1x1: input channels per register block (the vector lanes) */
+#ifndef TT_COB
+#define TT_COB 16
+#endif
+#define COB TT_COB  /* conv_dx 1x1: output channels per weight block (CB * COB floats = 1 KB on the stack) */
 
 /* one pixel's dx[c] (c < nb: 8 or 16, a constant once inlined, so the sums stay in registers) plus the terms of
  * no output channels in order: a[c] += d[o] * wb[o * CB + c], o = 0, 1, ... */

@@ -6,9 +6,18 @@
 #include "tt.h"
 
 #define TT_MAXD 8     /* rank limit of the broadcast / reduce / pad ops (MAX_DIMS in fwd_int8.py) */
-#define CHUNK 64      /* conv / depthwise: output channels per block (per-channel state on the stack) */
-#define NB 16         /* conv2d_s8 GEMM path: output channels per block (the vector lanes) */
-#define KMAX 64       /* conv2d_s8 GEMM path: taps per output at most (the block's int16 weights: NB * KMAX * 2 = 2 KB) */
+#ifndef TT_CHUNK
+#define TT_CHUNK 64
+#endif
+#define CHUNK TT_CHUNK      /* conv / depthwise: output channels per block (per-channel state on the stack) */
+#ifndef TT_NB
+#define TT_NB 16
+#endif
+#define NB TT_NB         /* conv2d_s8 GEMM path: output channels per block (the vector lanes) */
+#ifndef TT_KMAX
+#define TT_KMAX 64
+#endif
+#define KMAX TT_KMAX       /* conv2d_s8 GEMM path: taps per output at most (the block's int16 weights: NB * KMAX * 2 = 2 KB) */
 
 static int32_t wrap_add(int32_t a, int32_t b) { return (int32_t)((uint32_t)a + (uint32_t)b); }
 static int8_t sat8(int32_t v, int32_t lo, int32_t hi) { return (int8_t)tt_clamp(v, lo, hi); }

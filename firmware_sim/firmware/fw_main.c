@@ -1,0 +1,105 @@
+/* The learner's firmware: the C core (device/native/core) running the step program on the arena, the program
+ * and the .tflite in flash, a mailbox for the host (mailbox.h). Generated next to it by firmware_sim/firmware.py:
+ * fw_config.h (sizes, offsets, sections) and blobs.S (the program words, the model bytes and the initial
+ * trainable state, included into .rodata). No libc, no allocator, no interrupts but the reset vector. */
+#include "tt.h"
+#include "mailbox.h"
+#include "fw_config.h"
+
+int tt_run(const int32_t *prog, int64_t nwords, uint8_t *arena, int64_t arena_bytes, const uint8_t *model,
+           int64_t model_bytes, tt_io *io, int32_t first, int32_t last, int32_t *where);
+
+extern const int32_t tt_fw_program[], tt_fw_program_end[];
+extern const uint8_t tt_fw_model[], tt_fw_model_end[];
+extern const uint8_t tt_fw_init[], tt_fw_init_end[];        /* records: offset, length (u32), bytes padded to 4 */
+
+uint8_t tt_arena[FW_ARENA_BYTES] __attribute__((aligned(16), section(".bss.tt_arena")));
+volatile tt_mailbox_t tt_mailbox __attribute__((aligned(16), section(".bss.tt_mailbox")));
+
+static void copy_bytes(uint8_t *d, const uint8_t *s, uint32_t n) {
+    while (n--) *d++ = *s++;
+}
+
+/* the host's turn: a breakpoint the emulator catches; on a chip this is where a debugger or a UART poll sits */
+__attribute__((noinline)) void tt_fw_wait(void) {
+    __asm__ volatile("bkpt #1" ::: "memory");
+}
+
+static int32_t run(int32_t first, int32_t last, tt_io *io) {
+    int32_t where = -1;
+    int rc = tt_run(tt_fw_program, tt_fw_program_end - tt_fw_program, tt_arena, FW_ARENA_BYTES, tt_fw_model,
+                    tt_fw_model_end - tt_fw_model, io, first, last, &where);
+    tt_mailbox.where = where;
+    return rc;
+}
+
+static void boot_state(void) {
+    const uint8_t *p = tt_fw_init;
+    while (p + 8 <= tt_fw_init_end) {
+        uint32_t off = ((const uint32_t *)p)[0], len = ((const uint32_t *)p)[1];
+        if (off > FW_ARENA_BYTES || len > FW_ARENA_BYTES - off) break;   /* a build error: never past the arena */
+        copy_bytes(tt_arena + off, p + 8, len);
+        p += 8 + ((len + 3u) & ~3u);
+    }
+}
+
+void tt_fw_main(void) {
+    volatile tt_mailbox_t *mb = &tt_mailbox;
+    boot_state();
+    mb->magic = TT_MB_MAGIC;
+    mb->x_addr = (uint32_t)(uintptr_t)(tt_arena + FW_X_OFFSET);
+    mb->x_bytes = FW_X_BYTES;
+    mb->logits_addr = (uint32_t)(uintptr_t)(tt_arena + FW_LOGITS_OFFSET);
+    mb->classes = FW_CLASSES;
+    mb->arena_addr = (uint32_t)(uintptr_t)tt_arena;
+    mb->where = -1;
+    mb->ready = TT_MB_READY;
+    for (;;) {
+        tt_fw_wait();
+        uint32_t cmd = mb->cmd;
+        tt_io io = *(tt_io *)&mb->io;
+        int32_t rc = 0;
+        if (cmd == TT_CMD_STEP) {
+            int32_t last = mb->last < 0 || mb->last > FW_STEP_LAST ? FW_STEP_LAST : mb->last;
+            rc = run(mb->first > FW_STEP_FIRST ? mb->first : FW_STEP_FIRST, last, &io);
+        } else if (cmd == TT_CMD_PREDICT) {
+            rc = run(FW_FORWARD_FIRST, FW_FORWARD_LAST, &io);
+            if (!rc) rc = run(FW_HEAD_FIRST, FW_HEAD_LAST, &io);
+            const float *z = (const float *)(tt_arena + FW_LOGITS_OFFSET);
+            int32_t best = 0;
+            for (int32_t k = 1; k < FW_CLASSES; k++)
+                if (z[k] > z[best]) best = k;
+            mb->pred = best;
+        }
+        *(tt_io *)&mb->io = io;
+        mb->status = rc;
+        mb->cmd = TT_CMD_NONE;
+        mb->done = mb->done + 1;
+    }
+}
+
+/* ---- reset: .data from flash, .bss zeroed, then the learner; the vector table's first two words ---- */
+extern uint32_t _sidata[], _sdata[], _edata[], _sbss[], _ebss[], _estack[];
+
+void Reset_Handler(void) {
+#ifdef FW_ENABLE_FPU   /* a real chip / QEMU: CP10 and CP11 full access (Unicorn runs VFP without it) */
+    *(volatile uint32_t *)0xE000ED88u |= 0xFu << 20;
+    __asm__ volatile("dsb\n isb" ::: "memory");
+#endif
+    for (uint32_t *s = _sidata, *d = _sdata; d < _edata;) *d++ = *s++;
+    for (uint32_t *d = _sbss; d < _ebss;) *d++ = 0;
+    tt_fw_main();
+    for (;;) tt_fw_wait();
+}
+
+static void fault(void) {
+    for (;;) __asm__ volatile("bkpt #2");
+}
+void NMI_Handler(void) __attribute__((alias("fault")));
+void HardFault_Handler(void) __attribute__((alias("fault")));
+
+__attribute__((section(".isr_vector"), used)) const void *const tt_vectors[16] = {
+    (const void *)_estack, (const void *)Reset_Handler, (const void *)NMI_Handler, (const void *)HardFault_Handler,
+    (const void *)fault, (const void *)fault, (const void *)fault, 0, 0, 0, 0,
+    (const void *)fault, (const void *)fault, 0, (const void *)fault, (const void *)fault,
+};
