@@ -52,11 +52,16 @@ sshd:
 	  apt-get install -y -q openssh-server >/dev/null || (apt-get update -q >/dev/null && apt-get install -y -q openssh-server >/dev/null); \
 	fi
 
-# The aarch64 test of the C core runs a static test driver under qemu-aarch64-static (it skips, saying why, without it).
+# The aarch64 test of the C core runs a static test driver under qemu-aarch64-static; the firmware tests run images
+# on QEMU's MPS2 Cortex-M boards (qemu-system-arm). Each test skips, saying why, without its emulator.
 emulators:
 	@if ! command -v qemu-aarch64-static >/dev/null && [ "$$(id -u)" = 0 ]; then \
 	  echo "== installing Debian package qemu-user-static (for the aarch64 test of the C core)"; \
 	  apt-get install -y -q qemu-user-static >/dev/null || (apt-get update -q >/dev/null && apt-get install -y -q qemu-user-static >/dev/null) || true; \
+	fi
+	@if ! command -v qemu-system-arm >/dev/null && [ "$$(id -u)" = 0 ]; then \
+	  echo "== installing Debian package qemu-system-arm (for the firmware tests on MPS2 Cortex-M boards)"; \
+	  apt-get install -y -q qemu-system-arm >/dev/null || (apt-get update -q >/dev/null && apt-get install -y -q qemu-system-arm >/dev/null) || true; \
 	fi
 
 test: setup sshd emulators

@@ -274,3 +274,43 @@ class EmulatedTrainer(ProgramTrainer):
         super().load_state(st)
         if hasattr(self, "mcu"):
             self._push()
+
+
+# ---- QEMU's MPS2 boards: the second gate (QEMU enforces the CPU model, Unicorn does not) ---------------------
+MPS2 = {"cortex-m7f": "mps2-an500", "cortex-m4f": "mps2-an386"}
+
+
+def run_mps2(fw_dir: Path, timeout: float = 600) -> dict[int, bytes]:
+    """Run a self-running image (build_firmware(..., flash_origin=0, script=...)) on QEMU's MPS2 board for its
+    cpu; returns the state it printed over semihosting, arena offset -> bytes. EmulatorFault if QEMU stops
+    otherwise (an instruction the CPU lacks is a UsageFault: the image hangs in its fault handler until timeout)."""
+    import shutil
+    import subprocess
+    meta = json.loads((Path(fw_dir) / "firmware.json").read_text())
+    machine = MPS2.get(meta["cpu"])
+    if machine is None:
+        raise EmulatorFault(f"no QEMU MPS2 board for {meta['cpu']} (boards: {', '.join(f'{c}: {m}' for c, m in MPS2.items())})")
+    qemu = shutil.which("qemu-system-arm")
+    if qemu is None:
+        raise EmulatorFault("qemu-system-arm is not installed (Debian package qemu-system-arm; `make emulators` as root)")
+    try:
+        r = subprocess.run([qemu, "-M", machine, "-nographic", "-semihosting", "-kernel", str(Path(fw_dir) / "firmware.elf")],
+                           capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise EmulatorFault(f"{machine}: no exit within {timeout:g} s (a fault handler loops: an instruction "
+                            f"{meta['cpu']} lacks?)") from None
+    state = {}
+    for line in r.stderr.splitlines():
+        off, sep, hx = line.partition(":")
+        if sep and len(off) == 8:
+            state[int(off, 16)] = bytes.fromhex(hx)
+    if r.returncode != 0:
+        code = state.get(0xFFFFFFFF)
+        raise EmulatorFault(f"{machine}: exit {r.returncode}" + (f", the C core's error {int.from_bytes(code, 'little')}"
+                                                                 if code else "") + f"; {r.stderr[-300:]}")
+    return state
+
+
+def state_bytes(printed: dict[int, bytes], offset: int, n: int) -> bytes:
+    """The n bytes at arena `offset` from run_mps2's 32-byte lines."""
+    return b"".join(printed[o] for o in range(offset, offset + n, 32))[:n]

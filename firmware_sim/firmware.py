@@ -21,6 +21,7 @@ import json
 import os
 import re
 import shutil
+import struct
 import subprocess
 import tempfile
 from pathlib import Path
@@ -179,7 +180,7 @@ def sizes(elf: Path, profile: Profile, flash_origin: int) -> dict:
         "sram": {"stack": stack, "mailbox": mailbox, "arena": arena,
                  "other (data, alignment)": sram_used - stack - mailbox - arena, "used": sram_used,
                  "budget": profile.budgets["sram"], "free": profile.budgets["sram"] - sram_used},
-        "symbols": {k: syms[k][0] for k in ("tt_mailbox", "tt_arena", "tt_fw_wait", "Reset_Handler", "tt_vectors")},
+        "symbols": {k: syms[k][0] for k in ("tt_mailbox", "tt_arena", "tt_fw_wait", "Reset_Handler", "tt_vectors") if k in syms},
         "flash_origin": flash_origin, "sram_origin": SRAM_ORIGIN,
     }
 
@@ -193,10 +194,38 @@ def summary(s: dict) -> str:
     return "\n".join(rows)
 
 
+SCRIPT_BLOBS = """  .section .rodata.tt_fw_script, "a"
+  .balign 16
+  .global tt_fw_script, tt_fw_script_end, tt_fw_dump, tt_fw_dump_end
+tt_fw_script:
+  .incbin "script.bin"
+tt_fw_script_end:
+  .balign 4
+tt_fw_dump:
+  .incbin "dump.bin"
+tt_fw_dump_end:
+"""
+
+
+def _script(tr, xs: np.ndarray, ys: np.ndarray) -> tuple[bytes, bytes]:
+    """(script.bin, dump.bin) of a self-running image: per step label, first, lr, sqrt_c2 and the sample (the host
+    schedule of steps that all apply), then the state regions it prints at the end."""
+    script = bytearray()
+    for k, (x, y) in enumerate(zip(xs, ys)):
+        io = tr.next_io(int(y), k)
+        xb = np.ascontiguousarray(x, np.int8).tobytes()
+        script += struct.pack("<iiff", io.label, io.first, io.lr, io.sqrt_c2) + xb + b"\0" * (-len(xb) % 4)
+    dump = b"".join(struct.pack("<II", m["offset"], int(np.prod(m["shape"])) * np.dtype(m["dtype"]).itemsize)
+                    for m in _state_map(tr).values())
+    return bytes(script), dump
+
+
 def build_firmware(bundle_dir: Path, profile: Profile, cfg, out: Path, *, flash_origin: int = FLASH_ORIGIN,
-                   stack: int = STACK_BYTES, defines: list[str] | None = None, log=print) -> dict:
+                   stack: int = STACK_BYTES, defines: list[str] | None = None, script=None, log=print) -> dict:
     """Build the image for `profile` into `out` (firmware.elf, firmware.bin, firmware.json, the sources it was made
-    of). FirmwareRefused when the linker refuses it. cfg: a run.SimConfig (trainables, last_k, optimizer, lr)."""
+    of). FirmwareRefused when the linker refuses it. cfg: a run.SimConfig (trainables, last_k, optimizer, lr).
+    script: (int8 samples, labels) for a self-running image for QEMU's MPS2 boards (flash at 0x0, the FPU enabled
+    by the reset handler, semihosting out): it runs those steps, prints its state and exits."""
     from . import run
     cpu = cpu_of(profile)
     out = Path(out)
@@ -215,7 +244,12 @@ def build_firmware(bundle_dir: Path, profile: Profile, cfg, out: Path, *, flash_
         (work / "model.bin").write_bytes(prog.model)
         (work / "init.bin").write_bytes(_init_records(tr))
         (work / "fw_config.h").write_text(_config_h(tr, prog))
-        (work / "blobs.S").write_text(BLOBS)
+        (work / "blobs.S").write_text(BLOBS + (SCRIPT_BLOBS if script is not None else ""))
+        if script is not None:
+            sc, dump = _script(tr, *script)
+            (work / "script.bin").write_bytes(sc)
+            (work / "dump.bin").write_bytes(dump)
+            defines = list(defines or []) + ["-DFW_SEMIHOST", "-DFW_ENABLE_FPU"]
         (work / "link.ld").write_text(_linker_script(profile, flash_origin, stack))
         r = _link(work, cpu, list(defines or []))
         if r.returncode != 0:

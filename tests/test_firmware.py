@@ -154,3 +154,28 @@ def test_cli_build_prints_the_map_and_refuses_with_exit_3(bundle_dir, tmp_path):
                         "--out", str(tmp_path / "o")], cwd=ROOT, capture_output=True, text=True)
     assert r.returncode == 0 and "SRAM" in r.stdout and "arena" in r.stdout, r.stderr[-2000:]
     assert json.loads((tmp_path / "o" / "firmware.json").read_text())["cpu"] == "cortex-m7f"
+
+
+@pytest.mark.parametrize("cpu", ["cortex-m7f", "cortex-m4f"])
+def test_qemu_mps2_boards_run_the_same_steps_to_the_same_bits(bundle_dir, data, tmp_path, cpu):
+    """QEMU enforces the CPU model (Unicorn does not): the image for each cpu, linked at 0x0 for MPS2 (AN500 is a
+    Cortex-M7, AN386 a Cortex-M4), runs 3 steps from flash and prints its state: equal to the host core's."""
+    import shutil
+    if shutil.which("qemu-system-arm") is None:
+        pytest.skip("qemu-system-arm is not installed (Debian package qemu-system-arm; `make emulators` installs it as root)")
+    from firmware_sim.emulated import run_mps2, state_bytes
+    from step_helpers import native_core
+    native_core()
+    cfg = SimConfig(optimizer="adam", lr=1e-3, steps=3)
+    xs, ys = _samples(bundle_dir, data, 3)
+    build_firmware(bundle_dir, load_profile(_profile(tmp_path, "mps2", 512, 2048, cpu)), cfg, tmp_path / "fw",
+                   flash_origin=0, script=(xs, ys), log=lambda s: None)
+    printed = run_mps2(tmp_path / "fw", timeout=300)
+    host = ProgramTrainer(load_bundle(bundle_dir), cfg.optim(), engine="native")
+    for k in range(3):
+        host.step(xs[k][None], int(ys[k]))
+    names = [n for n in host.specs if n.split(":")[0] in ("param", "opt0", "opt1")]
+    assert len(names) > 10
+    for n in names:
+        v = np.ascontiguousarray(host.arena[n]).tobytes()
+        assert state_bytes(printed, host.plan.offsets[n], len(v)) == v, f"{n} differs on {cpu}"

@@ -120,20 +120,25 @@ class ProgramTrainer(Trainer):
                 finally:
                     self.heap_bytes = tracemalloc.get_traced_memory()[1]
                     tracemalloc.stop()
-        t = self.updates if step_index is None else step_index
-        lr = lr_at(self.cfg, t)
-        io = IO(label=int(label), first=int(self.updates == 0))
-        if self.cfg.name == "adam":
-            k = self.updates + 1
-            b1, b2 = self.cfg.betas
-            io.lr, io.sqrt_c2 = float(np.float32(lr / (1 - b1 ** k))), float(np.float32(math.sqrt(1 - b2 ** k)))
-        else:
-            io.lr = float(np.float32(lr))
+        io = self.next_io(label, self.updates, step_index)
         self.x_view[...] = np.asarray(x).reshape(self.x_view.shape)
         self._run("step", io)
         if io.applied:
             self.updates += 1
         return io.loss, bool(io.applied)
+
+    def next_io(self, label: int, updates: int, step_index: int | None = None) -> IO:
+        """What the host hands the program for a step after `updates` applied ones: the label and the schedule
+        (the learning rate of step `step_index`, default `updates`; Adam's bias corrections)."""
+        lr = lr_at(self.cfg, updates if step_index is None else step_index)
+        io = IO(label=int(label), first=int(updates == 0))
+        if self.cfg.name == "adam":
+            k = updates + 1
+            b1, b2 = self.cfg.betas
+            io.lr, io.sqrt_c2 = float(np.float32(lr / (1 - b1 ** k))), float(np.float32(math.sqrt(1 - b2 ** k)))
+        else:
+            io.lr = float(np.float32(lr))
+        return io
 
     def predict(self, x: np.ndarray, batch: int = 256) -> np.ndarray:
         """Float logits (N, classes): the forward and float head of the program, one sample at a time."""
