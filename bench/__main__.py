@@ -15,13 +15,13 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as in train/__main__.py; 
 import torch  # noqa: E402
 
 from . import _bundles as B  # noqa: E402
-from . import (accuracy, convert_fidelity, device_step, engine_speed, memory_device, memory_paper,  # noqa: E402
-               native_profile, pretrain_speed, summary)
+from . import (accuracy, convert_fidelity, device_step, engine_speed, firmware_cost, memory_device,  # noqa: E402
+               memory_paper, native_profile, pretrain_speed, summary)
 
 # name -> run(quick) -> markdown; in this order, so later ones reuse the bundles earlier ones converted
 BENCHMARKS = {"pretrain_speed": pretrain_speed.run, "convert_fidelity": convert_fidelity.run,
               "engine_speed": engine_speed.run, "device_step": device_step.run, "native_profile": native_profile.run,
-              "memory_paper": memory_paper.run,
+              "firmware_cost": firmware_cost.run, "memory_paper": memory_paper.run,
               "memory_device": memory_device.run, "accuracy": accuracy.run}
 
 

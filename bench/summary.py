@@ -21,6 +21,8 @@ ABOUT = {
                     "numpy) vs PyTorch (and LiteRT's training model)", (0, 1)),
     "native_profile": ("where the C core's time goes: the TinyTL-B update step and an int8 inference, per phase and per op",
                        (0, 1, 3)),
+    "firmware_cost": ("the update step as Cortex-M firmware: what links on which MCU profile (the linker's verdict, SRAM "
+                      "and flash used), and instructions per step on the emulated Cortex-M7 and M4", (0, 1)),
     "memory_paper": ("training memory in the paper's accounting next to the paper's figures", (0, 1, 2, 3, 4, 5)),
     "memory_device": ("the device's planned peak SRAM/DRAM per method and profile, and what fits", (0, 2)),
     "accuracy": ("six methods x two targets x batch 8/1 x three seeds; on-device accuracy beside PyTorch's", (0, 1, 2)),

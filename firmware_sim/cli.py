@@ -50,6 +50,9 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--target", choices=("host", "emulated"), default="host",
                    help="host: the step program in this process (C core or numpy); emulated: the firmware image on an "
                         "emulated Cortex-M (Unicorn) with only the profile's flash and SRAM mapped (default: host)")
+    s.add_argument("--emulate-steps", type=int, metavar="N",
+                   help="--target emulated: only the first N steps on the emulated chip (checked bit-identical against "
+                        "the host C core there), the rest on the host core (default: every step on the chip)")
     s.add_argument("--firmware", type=Path, help="--target emulated: an image folder from 'build' (default: build one "
                                                  "into OUT/firmware with this run's trainables and optimizer)")
     s.add_argument("--power-loss-at", action="append", default=[], metavar="STEP[:PHASE]|random",
@@ -65,7 +68,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--trainables", choices=("bundle", "ft-last", "tinytl-b", "tinytl-lb"), default="bundle",
                    help="what learns (default: as the bundle says)")
     s.add_argument("--trainable-blocks", metavar="last:K", type=last_k_arg, help="only the last K units' trainables (plus the classifier)")
-    s.add_argument("--stack-bytes", type=int, default=None, help="SRAM for the stack (default: 3072, measured 2,640 at the high-water mark)")
+    s.add_argument("--stack-bytes", type=int, default=None, help="SRAM for the stack (default: 3072; the run reports the high-water mark, about 2.7 KB)")
     s = cmd("fit", "Which configuration fits the target: planned peak per method and resolution, deepest partial update.")
     s.add_argument("--checkpoint", required=True, type=Path)
     s.add_argument("--profile", required=True)
@@ -105,7 +108,9 @@ def cmd_run(a) -> None:
                     a.out.mkdir(parents=True, exist_ok=True)
                     (a.out / "refused.txt").write_text(str(e) + "\n")
                 raise
-        cfg = dataclasses.replace(cfg, firmware=str(fw))
+        cfg = dataclasses.replace(cfg, firmware=str(fw), emulate_steps=a.emulate_steps)
+    elif a.emulate_steps is not None or a.firmware is not None:
+        raise ValueError("--emulate-steps and --firmware go with --target emulated")
     data = load_labelled(a.data, bundle.labels)
     ev = load_labelled(a.eval_data, bundle.labels) if a.eval_data else None
     ckpt = a.out / "checkpoints"
@@ -123,6 +128,9 @@ def cmd_run(a) -> None:
     path = report.write_run_report(r, a.out)
     em = r.get("emulated")
     if em:
+        if em.get("prefix"):
+            print(f"steps 1..{em['prefix']['steps']} on the emulated {em['cpu']}, bit-identical to the host C core's "
+                  f"replay; steps {em['prefix']['steps'] + 1}..{a.steps} on the host C core")
         print(f"emulated {em['cpu']}: {em['instructions_per_step']:,} instructions per step ({em['counted_steps']} counted), "
               f">= {1e3 * em['step_seconds_lower_bound']:.0f} ms/step at {profile.clock_mhz:g} MHz (a lower bound: 1 "
               f"instruction/cycle, no wait states, no cache model); stack high-water {em['stack_used']:,} of "

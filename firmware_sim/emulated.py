@@ -26,9 +26,11 @@ from device import ProgramTrainer
 MB = {"magic": (0, "<I"), "ready": (4, "<I"), "cmd": (8, "<I"), "status": (12, "<i"), "where": (16, "<i"),
       "done": (20, "<I"), "x_addr": (24, "<I"), "x_bytes": (28, "<I"), "logits_addr": (32, "<I"), "classes": (36, "<I"),
       "pred": (40, "<i"), "arena_addr": (44, "<I"), "first": (48, "<i"), "last": (52, "<i"), "label": (56, "<i"),
-      "io_first": (60, "<i"), "lr": (64, "<f"), "sqrt_c2": (68, "<f"), "loss": (72, "<f"), "applied": (76, "<i")}
+      "io_first": (60, "<i"), "lr": (64, "<f"), "sqrt_c2": (68, "<f"), "loss": (72, "<f"), "applied": (76, "<i"),
+      "ck_seq": (80, "<I"), "ck_steps": (84, "<i")}
 MB_MAGIC, MB_READY = 0x424D5454, 0x52454459
-CMD_STEP, CMD_PREDICT = 1, 2
+CMD_STEP, CMD_PREDICT, CMD_CHECKPOINT = 1, 2, 4
+BKPT_WAIT, BKPT_FAULT, BKPT_FLASH = 1, 2, 3      # fw_main.c: the host's turn, a fault handler, a flash write
 PAGE = 4096
 STACK_PAINT = 0xC5
 UC_MODELS = {"cortex-m4f": "UC_CPU_ARM_CORTEX_M4", "cortex-m7f": "UC_CPU_ARM_CORTEX_M7", "cortex-m33f": "UC_CPU_ARM_CORTEX_M33"}
@@ -40,12 +42,17 @@ class EmulatorFault(RuntimeError):
     """The firmware did something the chip would fault on, or the core returned an error."""
 
 
+class EmulatorPowerCut(RuntimeError):
+    """The power was cut during a flash write (arm it with EmulatedMCU.cut_flash_after)."""
+
+
 def _page(n: int) -> int:
     return -(-n // PAGE) * PAGE
 
 
 class EmulatedMCU:
-    def __init__(self, fw_dir: Path, max_instructions: int = 2_000_000_000):
+    def __init__(self, fw_dir: Path, max_instructions: int = 2_000_000_000, keep_flash: bytes | None = None):
+        """keep_flash: the checkpoint slots' bytes from an earlier power-on (ckpt_region()): flash keeps them."""
         import unicorn as uc
         from unicorn import arm_const
         from elftools.elf.elffile import ELFFile
@@ -70,6 +77,11 @@ class EmulatedMCU:
         self.emu.mem_map(self.sram_origin, _page(self.sram_len), uc.UC_PROT_READ | uc.UC_PROT_WRITE)
         self.emu.mem_write(self.flash_origin, image)
         self.flash_image = image
+        self.ckpt = s["symbols"]["tt_ckpt_slots"]
+        self.ckpt_len = 2 * int(self.meta["checkpoint_slot_bytes"])
+        self.emu.mem_write(self.ckpt, keep_flash if keep_flash is not None else b"\xff" * self.ckpt_len)  # erased: 0xFF
+        self.flash_writes = self.flash_bytes = 0
+        self.cut_flash_after: int | None = None     # bytes of flash writes before the power is cut (tests)
         self.fault: str | None = None
         self.stopped_at_bkpt: int | None = None
         self.emu.hook_add(uc.UC_HOOK_MEM_UNMAPPED | uc.UC_HOOK_MEM_WRITE_PROT | uc.UC_HOOK_MEM_FETCH_PROT, self._on_bad)
@@ -127,6 +139,25 @@ class EmulatedMCU:
         self.stopped_at_bkpt = pc
         emu.emu_stop()
 
+    def _flash_write(self) -> None:
+        """Service fw_main.c's tt_fw_flash_write (bkpt #3: r0 destination, r1 source, r2 bytes): the flash
+        controller's job, only inside the checkpoint slots."""
+        a = self.arm
+        dst, src, n = (self.emu.reg_read(r) for r in (a.UC_ARM_REG_R0, a.UC_ARM_REG_R1, a.UC_ARM_REG_R2))
+        if not (self.ckpt <= dst and dst + n <= self.ckpt + self.ckpt_len):
+            raise EmulatorFault(f"emulated {self.meta['cpu']}: a flash write of {n} bytes at {dst:#010x}, outside the "
+                                f"checkpoint slots [{self.ckpt:#010x}, {self.ckpt + self.ckpt_len:#010x})")
+        data = self.read(src, n)
+        if self.cut_flash_after is not None and self.cut_flash_after < n:
+            self.write(dst, data[:self.cut_flash_after])
+            self.cut_flash_after = None
+            raise EmulatorPowerCut(f"power cut during a flash write at {dst:#010x} ({n} bytes)")
+        if self.cut_flash_after is not None:
+            self.cut_flash_after -= n
+        self.write(dst, data)
+        self.flash_writes += 1
+        self.flash_bytes += n
+
     def _on_block(self, emu, address, size, _):
         n = self._blocks.get((address, size))
         if n is None:
@@ -153,7 +184,11 @@ class EmulatedMCU:
             pc_now = self.emu.reg_read(self.arm.UC_ARM_REG_PC)
             raise EmulatorFault(f"emulated {self.meta['cpu']}: no answer within {self.max_instructions:,} instructions "
                                 f"(PC {pc_now:#010x} in {self.where(pc_now)})")
-        if self.where(self.stopped_at_bkpt).split("+")[0] not in ("tt_fw_wait",):
+        imm = self.read(self.stopped_at_bkpt, 2)[0]       # bkpt #imm is 0xBEii
+        if imm == BKPT_FLASH:
+            self._flash_write()
+            return self._resume(self.stopped_at_bkpt + 2)
+        if imm != BKPT_WAIT:
             raise EmulatorFault(f"emulated {self.meta['cpu']}: the firmware stopped in "
                                 f"{self.where(self.stopped_at_bkpt)} (a fault handler)")
 
@@ -200,6 +235,19 @@ class EmulatedMCU:
         k = self._mb("classes")
         return np.frombuffer(self.read(self._mb("logits_addr"), 4 * k), "<f4").copy()
 
+    def checkpoint(self, steps: int) -> int:
+        """The firmware writes its trainable state into the older flash slot; returns the sequence number."""
+        self._set("ck_steps", int(steps))
+        self.command(CMD_CHECKPOINT)
+        return self._mb("ck_seq")
+
+    def restored(self) -> tuple[int, int]:
+        """(sequence number, steps) of the checkpoint the firmware restored at boot; (0, -1): none."""
+        return self._mb("ck_seq"), self._mb("ck_steps")
+
+    def ckpt_region(self) -> bytes:
+        return self.read(self.ckpt, self.ckpt_len)
+
     def arena_bytes(self, offset: int, n: int) -> bytes:
         return self.read(self.arena + offset, n)
 
@@ -213,6 +261,7 @@ class EmulatedMCU:
         return self.stack_bytes - untouched
 
     def flash_unchanged(self) -> bool:
+        """The image's bytes (code, program, model, initial state) are as built: only the checkpoint slots change."""
         return self.read(self.flash_origin, len(self.flash_image)) == self.flash_image
 
 
@@ -220,9 +269,9 @@ class EmulatedTrainer(ProgramTrainer):
     """The step program on the emulated chip: the host keeps the schedule and the data; the chip holds the
     arena (parameters, optimizer state, activations). state()/load_state() go through the chip's memory."""
 
-    def __init__(self, bundle, optim, fw_dir: Path, **kw):
+    def __init__(self, bundle, optim, fw_dir: Path, keep_flash: bytes | None = None, **kw):
         super().__init__(bundle, optim, engine="numpy", **kw)
-        self.mcu = EmulatedMCU(fw_dir)
+        self.mcu = EmulatedMCU(fw_dir, keep_flash=keep_flash)
         import hashlib
         mine = hashlib.sha256(self.program.encode().tobytes()).hexdigest()
         if mine != self.mcu.meta["program_sha256"]:
@@ -267,6 +316,8 @@ class EmulatedTrainer(ProgramTrainer):
         return super().params
 
     def state(self):
+        """The chip checkpoints itself into flash (two slots), then the host reads the same state from the arena."""
+        self.mcu.checkpoint(self.updates)
         self._pull()
         return super().state()
 

@@ -136,12 +136,45 @@ def write_run_report(r: dict, out: Path) -> Path:
     else:
         lines.append("none injected (`--power-loss-at STEP[:PHASE]|random`)")
     lines += ["", f"Checkpoints readable at the end: {', '.join(r['checkpoints']) or 'none'}", ""]
+    lines += _emulated_section(r.get("emulated"), p)
     path = out / "report.md"
     path.write_text("\n".join(lines))
     summary = {"profile": p.name, "bundle": r["bundle"], "method": r["method"], "trainables": cfg.trainables, "steps": cfg.steps,
                "region": region, "peak_bytes": plan.peak[region], "budget_bytes": r["budget"], "weights_bytes": r["weights_bytes"],
                "final_accuracy": r["curve"][-1][1], "eval_samples": r["eval_samples"], "curve": [[st, a, None if l != l else l] for st, a, l in r["curve"]],  # NaN: no loss yet
                "step_ms_est": 1e3 * r["step_seconds_est"], "host_ms_per_step": r["host_ms_per_step"], "power_losses": len(r["events"]),
-               "engine": r.get("engine"), "heap_bytes_per_step": r.get("heap_bytes_per_step")}
+               "engine": r.get("engine"), "heap_bytes_per_step": r.get("heap_bytes_per_step"), "emulated": r.get("emulated")}
     (out / "results.json").write_text(json.dumps(summary, indent=1) + "\n")  # the numbers above, for scripts
     return path
+
+
+def _emulated_section(em: dict | None, p) -> list[str]:
+    """The firmware image and what the emulated chip measured (firmware_sim/firmware.py, emulated.py)."""
+    if not em:
+        return []
+    lines = ["## On the emulated MCU", "",
+             f"The update step ran as a {em['cpu']} firmware image (`{em['firmware']}`) in Unicorn, with only the "
+             f"profile's flash (read + execute) and SRAM (read + write) mapped; any other access would have stopped the run."]
+    if em.get("prefix"):
+        n = em["prefix"]["steps"]
+        lines[-1] += (f" Steps 1..{n} ran on the emulated chip; there its state ({em['prefix']['buffers']} buffers) was "
+                      f"bit-identical to the host C core's replay of the same steps, and the rest ran on the host core "
+                      "(the same sources, IEEE single precision, no FMA). Accuracy points were measured on the host core.")
+    lines += ["", f"Instructions per step: **{em['instructions_per_step']:,}** (counted on {em['counted_steps']} step(s) "
+                  f"with block hooks); at {p.clock_mhz:g} MHz that is **>= {1e3 * em['step_seconds_lower_bound']:.0f} ms per "
+                  "step**, a lower bound (one instruction per cycle, no flash wait states, no cache model). "
+                  f"Stack high-water mark: {em['stack_used']:,} of {em['stack_bytes']:,} bytes.", "",
+              "The linked image (bytes, from the ELF):", "", "| region | part | bytes |", "|---|---|---:|"]
+    fc = em.get("flash_checkpoints")
+    for region in ("flash", "sram"):
+        for k, v in em["sizes"][region].items():
+            lines.append(f"| {region.upper()} | {'**' + k + '**' if k in ('used', 'budget', 'free') else k} | {v:,} |")
+    if fc and fc["per_hour_at_most"]:
+        lines += ["", f"Checkpoints on the chip: two flash slots of {fc['slot_bytes']:,} bytes, written alternately "
+                      f"(sequence number, CRC-32, header last: a cut during a write loses at most the newest); "
+                      f"{fc['writes']:,} flash writes ({fc['bytes']:,} bytes) in this run. Every {fc['every_steps']} steps, "
+                      f"at the lower-bound step time, that is at most {fc['per_hour_at_most']:,.1f} checkpoints per hour, "
+                      f"{fc['slot_erases_per_hour_at_most']:,.1f} erase/program cycles per slot per hour: a "
+                      f"{fc['endurance_cycles']:,}-cycle flash lasts at least {fc['hours_at_least']:,.0f} hours "
+                      f"({fc['hours_at_least'] / 24:,.0f} days) of continuous learning."]
+    return lines + [""]

@@ -14,6 +14,7 @@ Steps:
 """
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -56,6 +57,8 @@ class SimConfig:
     cuts: tuple = field(default_factory=tuple)  # faults.Cut, in order
     engine: str | None = None           # native (the step program on the C core) | numpy | None: native if built
     firmware: str | None = None         # an image folder (firmware_sim build): run on the emulated MCU (--target emulated)
+    emulate_steps: int | None = None    # with firmware: the first N steps on the emulated MCU, checked bit-identical
+                                        # against the host's C core there, the rest on the host core (None: all)
 
     def optim(self) -> OptimConfig:
         return OptimConfig(self.optimizer, lr=self.lr, schedule=self.schedule, total_steps=max(1, self.steps))
@@ -126,11 +129,13 @@ def deepest_partial(bundle: Bundle, names: list[str], optim: OptimConfig, region
     return lo, peak(lo), sum(1 for n in ns if n.endswith(".bias") and ".lite." not in n and not n.startswith("classifier"))
 
 
-def plan_or_refuse(bundle: Bundle, cfg: SimConfig, profile: Profile, weights: int) -> target.Trainer:
+def plan_or_refuse(bundle: Bundle, cfg: SimConfig, profile: Profile, weights: int,
+                   keep_flash: bytes | None = None) -> target.Trainer:
     """Build the target's trainer, or raise SimRefused before any step."""
     b = select(bundle, cfg)
     try:
-        tr = target.build_trainer(b, profile, cfg.optim(), weights=weights, engine=cfg.engine, firmware=cfg.firmware)
+        tr = target.build_trainer(b, profile, cfg.optim(), weights=weights, engine=cfg.engine, firmware=cfg.firmware,
+                                  keep_flash=keep_flash)
     except BudgetError as e:
         what = {"ft-full": "FT-Full (every conv weight trains: it cannot be an int8 bundle, so this plan applies the "
                            "device's buffer rules to the bundle's graph with all weights float32 and trainable)"}.get(
@@ -156,9 +161,10 @@ def _canary_ok(tr) -> bool:
     return all(bool((mem[tr.arena.base[r] + tr.plan.peak[r]:] == CANARY).all()) for r, mem in tr.arena.memory.items())
 
 
-def boot(bundle: Bundle, cfg: SimConfig, profile: Profile):
-    """Power on: a fresh arena (SRAM content is gone) and the weights in flash."""
-    tr = plan_or_refuse(bundle, cfg, profile, _weights(bundle))
+def boot(bundle: Bundle, cfg: SimConfig, profile: Profile, keep_flash: bytes | None = None):
+    """Power on: a fresh arena (SRAM content is gone) and the weights in flash (an emulated chip's checkpoint
+    slots as the cut left them: keep_flash)."""
+    tr = plan_or_refuse(bundle, cfg, profile, _weights(bundle), keep_flash)
     flash = target.place_weights(tr, profile)
     if hasattr(tr, "mcu"):
         tr.count_next = True                  # count the instructions of the first step after each boot
@@ -183,12 +189,16 @@ def simulate(bundle_path: str | Path, profile: Profile, cfg: SimConfig, data: tu
     ev = eval_data if eval_data is not None else (data[0][:cfg.eval_limit], data[1][:cfg.eval_limit])
     ev = (ev[0][:cfg.eval_limit], ev[1][:cfg.eval_limit])
     ev_q = (to_model_input(ev[0], bundle.manifest, "eval data"), ev[1])
-    curve = [(0, accuracy(tr, *ev_q), float("nan"))]
+    judge = tr
+    if hasattr(tr, "mcu") and cfg.emulate_steps is not None:   # a prefix on the chip: every accuracy point on the
+        judge = target.build_trainer(select(bundle, cfg), profile, cfg.optim(), weights=weights, engine="native")  # host core
+    curve = [(0, accuracy(judge, *ev_q), float("nan"))]
     pending = list(cfg.cuts)
-    events, boots, t0, host_steps = [], 1, time.time(), 0
+    events, boots, t0, host_steps, emulated, flash_log = [], 1, time.time(), 0, None, []
     ckpt_dir = Path(ckpt_dir)
     every = max(1, cfg.eval_every)
     while True:
+        handed_over = False
         try:
             with faults.inject(pending[0] if pending else None, tr):
                 while True:
@@ -199,14 +209,30 @@ def simulate(bundle_path: str | Path, profile: Profile, cfg: SimConfig, data: tu
                             tr.load_state(found[1])
                         break
                     end = min(cfg.steps, (at // every + 1) * every)
+                    chip = hasattr(tr, "mcu")
+                    if chip and cfg.emulate_steps is not None and at < cfg.emulate_steps:
+                        end = min(end, cfg.emulate_steps)
                     r = train(tr.bundle, tr.cfg, LoopConfig(steps=end, seed=cfg.seed, checkpoint_dir=str(ckpt_dir),
                                                            checkpoint_every=cfg.checkpoint_every, log_every=0),
                               data=data, trainer=tr, log=lambda s: None)
                     host_steps += r["trained_steps"]
-                    if not curve or curve[-1][0] < end:
+                    if (not curve or curve[-1][0] < end) and (end % every == 0 or end == cfg.steps):
                         curve.append((end, accuracy(tr, *ev_q), r["final_loss"]))
                         log(f"step {end}/{cfg.steps}: accuracy {curve[-1][1]:.4f}, loss {r['final_loss']:.4f}")
-            break
+                    if chip and cfg.emulate_steps is not None and end >= cfg.emulate_steps and end < cfg.steps:
+                        flash_log.append(_flash_use(tr))
+                        emulated = _emulated(tr, profile, cfg, flash_log)
+                        emulated["prefix"] = _check_prefix(bundle, cfg, profile, tr, data, end)
+                        log(f"steps 1..{end} ran on the emulated {emulated['cpu']}: its state equals the host C core's "
+                            f"replay bit for bit ({emulated['prefix']['buffers']} buffers); the rest runs on the host core")
+                        st = tr.state()
+                        cfg = dataclasses.replace(cfg, firmware=None)
+                        tr, flash = boot(bundle, cfg, profile)
+                        tr.load_state(st)
+                        handed_over = True
+                        break
+            if not handed_over:
+                break
         except faults.PowerLoss as e:
             flash.verify()
             found = ck.latest(ckpt_dir, expect_hash=ck.bundle_hash(tr.bundle))
@@ -214,10 +240,16 @@ def simulate(bundle_path: str | Path, profile: Profile, cfg: SimConfig, data: tu
                            "canary_ok": _canary_ok(tr)})
             log(f"POWER LOSS: {e}; rebooting, resuming from the checkpoint of step {events[-1]['resumed_from']}")
             pending.pop(0)
-            tr, flash = boot(bundle, cfg, profile)
+            keep = None
+            if hasattr(tr, "mcu"):
+                keep = tr.mcu.ckpt_region()
+                flash_log.append(_flash_use(tr))
+            tr, flash = boot(bundle, cfg, profile, keep)
             boots += 1
     flash.verify()
-    emulated = _emulated(tr, profile)
+    if hasattr(tr, "mcu"):
+        flash_log.append(_flash_use(tr))
+    emulated = _emulated(tr, profile, cfg, flash_log) or emulated
     seconds = time.time() - t0
     region = profile.step_region
     step_s = macs["total"] / profile.int8_macs_per_s
@@ -236,19 +268,50 @@ def simulate(bundle_path: str | Path, profile: Profile, cfg: SimConfig, data: tu
     }
 
 
-def _emulated(tr, profile: Profile) -> dict | None:
+def _check_prefix(bundle: Bundle, cfg: SimConfig, profile: Profile, chip, data: tuple, steps: int) -> dict:
+    """Replay the first `steps` steps on the host's C core (same data order, same schedule) and compare every
+    trainable-state buffer with the emulated chip's, bit for bit; EmulatorFault naming the first that differs."""
+    import tempfile
+    from .emulated import EmulatorFault
+    host = target.build_trainer(select(bundle, cfg), profile, cfg.optim(), engine="native")
+    with tempfile.TemporaryDirectory() as d:
+        train(host.bundle, host.cfg, LoopConfig(steps=steps, seed=cfg.seed, checkpoint_dir=d, checkpoint_every=steps,
+                                                log_every=0), data=data, trainer=host, log=lambda s: None)
+    a, b = chip.state(), host.state()
+    for k in a:
+        if not np.array_equal(a[k], b[k]):
+            raise EmulatorFault(f"after {steps} steps the emulated chip's '{k}' differs from the host C core's replay")
+    return {"steps": steps, "buffers": len(a), "bit_identical": True}
+
+
+def _flash_use(tr) -> tuple[int, int]:
+    return tr.mcu.flash_writes, tr.mcu.flash_bytes
+
+
+ENDURANCE = 10_000  # program/erase cycles of a typical MCU's internal flash (STM32F7/H7 datasheets: 10k)
+
+
+def _emulated(tr, profile: Profile, cfg: SimConfig, flash_log: list) -> dict | None:
     """What the emulated chip measured: instructions per step, the lower-bound time at the profile's clock, the
-    stack's high-water mark, the image's sizes; FlashWriteFault if its flash changed."""
+    stack's high-water mark, the image's sizes, its flash checkpoints (and what they cost the flash's life at
+    the run's checkpoint interval); FlashWriteFault if the image's flash changed."""
     if not hasattr(tr, "mcu"):
         return None
     if not tr.mcu.flash_unchanged():
-        raise target.FlashWriteFault("the emulated chip's flash changed during the run")
+        raise target.FlashWriteFault("the emulated chip's flash changed outside its checkpoint slots during the run")
     n = tr.step_instructions
     per = int(np.median(n)) if n else None
+    step_s = per / (profile.clock_mhz * 1e6) if per else None
+    ckpts_per_hour = 3600 / (step_s * max(1, cfg.checkpoint_every)) if step_s else None   # at most (a lower-bound time)
     return {"cpu": tr.mcu.meta["cpu"], "instructions_per_step": per, "counted_steps": len(n),
-            "step_seconds_lower_bound": per / (profile.clock_mhz * 1e6) if per else None,
-            "stack_used": tr.mcu.stack_used(), "stack_bytes": tr.mcu.stack_bytes, "sizes": tr.mcu.meta["sizes"],
-            "firmware": str(tr.mcu.dir)}
+            "step_seconds_lower_bound": step_s, "stack_used": tr.mcu.stack_used(), "stack_bytes": tr.mcu.stack_bytes,
+            "sizes": tr.mcu.meta["sizes"], "firmware": str(tr.mcu.dir),
+            "flash_checkpoints": {"slot_bytes": tr.mcu.meta["checkpoint_slot_bytes"],
+                                  "writes": sum(w for w, _ in flash_log), "bytes": sum(b for _, b in flash_log),
+                                  "every_steps": cfg.checkpoint_every, "per_hour_at_most": ckpts_per_hour,
+                                  "slot_erases_per_hour_at_most": ckpts_per_hour / 2 if ckpts_per_hour else None,
+                                  "endurance_cycles": ENDURANCE,
+                                  "hours_at_least": 2 * ENDURANCE / ckpts_per_hour if ckpts_per_hour else None}}
 
 
 def _readable(p: Path) -> bool:

@@ -111,11 +111,12 @@ def budgets_for(profile: Profile, weights: int = 0) -> dict[str, int]:
 
 
 def build_trainer(bundle: Bundle, profile: Profile, optim: OptimConfig, *, weights: int | None = None,
-                  engine: str | None = None, firmware=None) -> Trainer:
+                  engine: str | None = None, firmware=None, keep_flash: bytes | None = None) -> Trainer:
     """A Trainer whose plan was checked against the profile before any arena existed (BudgetError otherwise,
     carrying .plan), then moved into an arena of exactly the budget (MCU) or the plan plus a guard zone (board).
     engine: "native" (the step program on the C core), "numpy" (the same program on numpy), None: native if built;
-    firmware: an image folder (`firmware_sim build`): the program runs on the emulated MCU instead."""
+    firmware: an image folder (`firmware_sim build`): the program runs on the emulated MCU instead (keep_flash: its
+    checkpoint slots from before a power cut: flash keeps them)."""
     from device import make_trainer
     region = profile.step_region
     if weights is None:
@@ -123,7 +124,7 @@ def build_trainer(bundle: Bundle, profile: Profile, optim: OptimConfig, *, weigh
     budgets = budgets_for(profile, weights)
     if firmware is not None:   # the step program runs on the emulated chip (the image in `firmware`)
         from .emulated import EmulatedTrainer
-        tr = EmulatedTrainer(bundle, optim, firmware, budgets=budgets, region=region)
+        tr = EmulatedTrainer(bundle, optim, firmware, keep_flash=keep_flash, budgets=budgets, region=region)
     else:
         tr = make_trainer(bundle, optim, budgets=budgets, region=region, engine=engine)
     from device.memplan import Arena

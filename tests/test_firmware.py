@@ -46,11 +46,13 @@ def test_the_map_is_the_plan(bundle_dir, image):
     s = meta["sizes"]
     tr = ProgramTrainer(load_bundle(bundle_dir), SimConfig().optim(), engine="numpy")
     assert s["sram"]["arena"] == tr.plan.peak["sram"] == meta["plan_peak"]          # the arena is the plan
-    assert s["sram"]["mailbox"] == 80 and s["sram"]["stack"] == meta["stack_bytes"]
+    assert s["sram"]["mailbox"] == 88 and s["sram"]["stack"] == meta["stack_bytes"]
     assert s["sram"]["used"] == sum(v for k, v in s["sram"].items() if k not in ("used", "budget", "free"))
     assert 0 <= s["sram"]["other (data, alignment)"] < 64
     assert s["flash"]["model"] == len(tr.program.model) and s["flash"]["budget"] == 2048 * 1024
-    assert (fw / "firmware.bin").stat().st_size == s["flash"]["used"] and (fw / "link.ld").exists()
+    binary = (fw / "firmware.bin").stat().st_size                        # the checkpoint slots follow the image
+    assert binary + s["flash"]["checkpoints (2 slots)"] <= s["flash"]["used"] < binary + s["flash"]["checkpoints (2 slots)"] + 4096
+    assert (fw / "link.ld").exists()
     # freestanding: no allocator, no libc beyond compiler-rt's float64 helpers
     from elftools.elf.elffile import ELFFile
     with open(fw / "firmware.elf", "rb") as f:
@@ -179,3 +181,37 @@ def test_qemu_mps2_boards_run_the_same_steps_to_the_same_bits(bundle_dir, data, 
     for n in names:
         v = np.ascontiguousarray(host.arena[n]).tobytes()
         assert state_bytes(printed, host.plan.offsets[n], len(v)) == v, f"{n} differs on {cpu}"
+
+
+def test_flash_checkpoints_two_slots_survive_a_cut_during_a_write(bundle_dir, data, image):
+    """The firmware checkpoints into two flash slots (sequence number, CRC-32, header last): after a cut in the
+    middle of writing the newer one, the chip boots from the older; after a whole one, from the newest."""
+    from firmware_sim.emulated import EmulatedTrainer, EmulatorPowerCut
+    fw, meta = image
+    assert meta["sizes"]["flash"]["checkpoints (2 slots)"] == 2 * meta["checkpoint_slot_bytes"] > 0
+    b = load_bundle(bundle_dir)
+    xs, ys = _samples(bundle_dir, data, 6)
+    chip = EmulatedTrainer(b, SimConfig().optim(), fw)
+    assert chip.mcu.restored() == (0, -1)                      # a new chip: the build's initial state
+    for k in range(3):
+        chip.step(xs[k][None], int(ys[k]))
+    at3 = chip.state()                                         # checkpoint #1 (slot 0), 3 steps
+    for k in range(3, 5):
+        chip.step(xs[k][None], int(ys[k]))
+    chip.mcu.cut_flash_after = 100                             # the power goes 100 bytes into checkpoint #2
+    with pytest.raises(EmulatorPowerCut):
+        chip.state()
+    again = EmulatedTrainer(b, SimConfig().optim(), fw, keep_flash=chip.mcu.ckpt_region())
+    assert again.mcu.restored() == (1, 3)
+    again._pull()  # noqa: SLF001  (the arena as the firmware restored it, without writing another checkpoint)
+    for n in again.names:
+        assert np.array_equal(again.arena[f"param:{n}"], at3[f"param/{n}"])
+    assert np.array_equal(again.arena[f"opt0:{again.names[0]}"], at3[f"opt0/{again.names[0]}"])
+    for k in range(3, 5):
+        again.step(xs[k][None], int(ys[k]))
+    again.updates = 5
+    at5 = again.state()                                        # checkpoint #2, whole
+    third = EmulatedTrainer(b, SimConfig().optim(), fw, keep_flash=again.mcu.ckpt_region())
+    assert third.mcu.restored() == (2, 5) and third.mcu.flash_unchanged()
+    third._pull()  # noqa: SLF001
+    assert all(np.array_equal(third.arena[f"param:{n}"], at5[f"param/{n}"]) for n in third.names)

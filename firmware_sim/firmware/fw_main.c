@@ -12,6 +12,8 @@ int tt_run(const int32_t *prog, int64_t nwords, uint8_t *arena, int64_t arena_by
 extern const int32_t tt_fw_program[], tt_fw_program_end[];
 extern const uint8_t tt_fw_model[], tt_fw_model_end[];
 extern const uint8_t tt_fw_init[], tt_fw_init_end[];        /* records: offset, length (u32), bytes padded to 4 */
+extern const uint32_t tt_fw_state[], tt_fw_state_end[];     /* the trainable state: (arena offset, length) pairs */
+extern const uint8_t tt_ckpt_slots[];                      /* 2 x FW_CK_SLOT bytes of flash (linker-reserved) */
 
 uint8_t tt_arena[FW_ARENA_BYTES] __attribute__((aligned(16), section(".bss.tt_arena")));
 volatile tt_mailbox_t tt_mailbox __attribute__((aligned(16), section(".bss.tt_mailbox")));
@@ -46,9 +48,9 @@ static void boot_state(void) {
 #ifdef FW_SEMIHOST
 /* ---- QEMU's MPS2 boards (the instruction-set gate): no host at a mailbox, so the samples and the step schedule
  * come in flash (script.bin: per step label, first, lr, sqrt_c2, then the x_bytes of the sample padded to 4), the
- * state goes out over semihosting (hex lines "offset:bytes" of each region in dump.bin: offset, length pairs)
+ * state goes out over semihosting (hex lines "offset:bytes" of each tt_fw_state region)
  * and SYS_EXIT ends the run with the first error (0: all steps ran). */
-extern const uint8_t tt_fw_script[], tt_fw_script_end[], tt_fw_dump[], tt_fw_dump_end[];
+extern const uint8_t tt_fw_script[], tt_fw_script_end[];
 
 static int32_t semihost(int32_t op, const void *arg) {
     register int32_t r0 __asm__("r0") = op;
@@ -82,7 +84,7 @@ void tt_fw_main(void) {
         copy_bytes(tt_arena + FW_X_OFFSET, p + 16, FW_X_BYTES);
         rc = run(FW_STEP_FIRST, FW_STEP_LAST, &io);
     }
-    for (const uint32_t *d = (const uint32_t *)tt_fw_dump; (const uint8_t *)(d + 2) <= tt_fw_dump_end; d += 2)
+    for (const uint32_t *d = tt_fw_state; d + 2 <= tt_fw_state_end; d += 2)
         for (uint32_t i = 0; i < d[1]; i += 32)
             put_hex_line(d[0] + i, tt_arena + d[0] + i, d[1] - i < 32 ? d[1] - i : 32);
     if (rc) put_hex_line(0xFFFFFFFFu, (const uint8_t *)&rc, 4);      /* the core's error code */
@@ -91,9 +93,80 @@ void tt_fw_main(void) {
     for (;;) {}
 }
 #else
+/* ---- checkpoints in flash: two slots written alternately; header { magic, seq, steps, length, crc32 } ---- */
+#define CK_MAGIC 0x4B435454u   /* "TTCK" */
+#define CK_HEADER 32u
+typedef struct { uint32_t magic, seq, steps, len, crc; } ck_header;
+
+static uint32_t crc32(uint32_t c, const uint8_t *p, uint32_t n) {
+    c = ~c;
+    while (n--) {
+        c ^= *p++;
+        for (int k = 0; k < 8; k++) c = (c >> 1) ^ (0xEDB88320u & (0u - (c & 1u)));
+    }
+    return ~c;
+}
+
+/* the flash driver's one call: program n bytes at dst (in a checkpoint slot) from src. On a chip this is the
+ * flash controller (erase the slot's sectors when dst is its first byte, then program); in the emulator a
+ * breakpoint the host services (and counts). */
+__attribute__((noinline)) void tt_fw_flash_write(uint32_t dst, const void *src, uint32_t n) {
+    register uint32_t r0 __asm__("r0") = dst;
+    register const void *r1 __asm__("r1") = src;
+    register uint32_t r2 __asm__("r2") = n;
+    __asm__ volatile("bkpt #3" : : "r"(r0), "r"(r1), "r"(r2) : "memory");
+}
+
+static uint32_t state_bytes(void) {
+    uint32_t n = 0;
+    for (const uint32_t *d = tt_fw_state; d + 2 <= tt_fw_state_end; d += 2) n += d[1];
+    return n;
+}
+
+static int ck_valid(const uint8_t *slot, const ck_header **h) {
+    const ck_header *c = (const ck_header *)slot;
+    *h = c;
+    return c->magic == CK_MAGIC && c->len == state_bytes() && c->len <= FW_CK_SLOT - CK_HEADER &&
+           crc32(0, slot + CK_HEADER, c->len) == c->crc;
+}
+
+static uint32_t ck_seq;
+
+static void checkpoint(int32_t steps) {
+    const uint8_t *slot = tt_ckpt_slots + ((ck_seq + 1u) & 1u) * FW_CK_SLOT;
+    uint32_t pos = CK_HEADER, crc = 0;
+    for (const uint32_t *d = tt_fw_state; d + 2 <= tt_fw_state_end; d += 2) {
+        tt_fw_flash_write((uint32_t)(uintptr_t)(slot + pos), tt_arena + d[0], d[1]);
+        crc = crc32(crc, tt_arena + d[0], d[1]);
+        pos += d[1];
+    }
+    ck_header h = { CK_MAGIC, ck_seq + 1u, (uint32_t)steps, pos - CK_HEADER, crc };
+    tt_fw_flash_write((uint32_t)(uintptr_t)slot, &h, sizeof h);      /* the header last */
+    ck_seq = h.seq;
+}
+
+/* the newest valid checkpoint into the arena; returns its steps, -1 when there is none */
+static int32_t restore(void) {
+    const ck_header *a, *b, *best = 0;
+    const uint8_t *sa = tt_ckpt_slots, *sb = tt_ckpt_slots + FW_CK_SLOT, *slot = 0;
+    int va = ck_valid(sa, &a), vb = ck_valid(sb, &b);
+    if (va && (!vb || a->seq > b->seq)) { best = a; slot = sa; }
+    else if (vb) { best = b; slot = sb; }
+    if (!best) return -1;
+    uint32_t pos = CK_HEADER;
+    for (const uint32_t *d = tt_fw_state; d + 2 <= tt_fw_state_end; d += 2) {
+        copy_bytes(tt_arena + d[0], slot + pos, d[1]);
+        pos += d[1];
+    }
+    ck_seq = best->seq;
+    return (int32_t)best->steps;
+}
+
 void tt_fw_main(void) {
     volatile tt_mailbox_t *mb = &tt_mailbox;
     boot_state();
+    mb->ck_steps = restore();
+    mb->ck_seq = ck_seq;
     mb->magic = TT_MB_MAGIC;
     mb->x_addr = (uint32_t)(uintptr_t)(tt_arena + FW_X_OFFSET);
     mb->x_bytes = FW_X_BYTES;
@@ -118,6 +191,10 @@ void tt_fw_main(void) {
             for (int32_t k = 1; k < FW_CLASSES; k++)
                 if (z[k] > z[best]) best = k;
             mb->pred = best;
+        }
+        else if (cmd == TT_CMD_CHECKPOINT) {
+            checkpoint(mb->ck_steps);
+            mb->ck_seq = ck_seq;
         }
         *(tt_io *)&mb->io = io;
         mb->status = rc;

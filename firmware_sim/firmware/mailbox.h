@@ -1,5 +1,5 @@
 /* The firmware's mailbox: the one place the host (a debugger, a UART bridge, the emulator) and the learner meet.
- * 80 bytes at the symbol `tt_mailbox`, in SRAM (counted in the budget like everything else).
+ * 88 bytes at the symbol `tt_mailbox`, in SRAM (counted in the budget like everything else).
  *
  * Protocol: the firmware boots, copies the initial trainable state into the arena, sets `ready` to
  * TT_MB_READY and waits (`tt_fw_wait`: a breakpoint the host catches; on a chip, an interrupt or a poll).
@@ -11,6 +11,10 @@
  *                   their argmax in `pred`
  *   TT_CMD_ARENA    nothing runs: the host reads or writes the trainable state in the arena at the offsets
  *                   the build's manifest lists (checkpoints, restore)
+ *   TT_CMD_CHECKPOINT  the trainable state (parameters, optimizer state) into the older of the two flash slots,
+ *                   with ck_steps, a sequence number and a CRC-32, header last: a cut during the write loses at
+ *                   most this checkpoint. At boot the valid slot with the highest sequence number is restored
+ *                   (ck_seq, ck_steps tell which; 0 and -1: none, the build's initial state)
  * The firmware answers with `status` (0 or the core's error code, `where` the instruction), bumps `done`
  * and waits again. Addresses are the chip's (32-bit). */
 #ifndef TT_MAILBOX_H
@@ -20,7 +24,7 @@
 
 #define TT_MB_MAGIC 0x424D5454u  /* "TTMB" */
 #define TT_MB_READY 0x52454459u  /* "YDER" */
-enum { TT_CMD_NONE = 0, TT_CMD_STEP = 1, TT_CMD_PREDICT = 2, TT_CMD_ARENA = 3 };
+enum { TT_CMD_NONE = 0, TT_CMD_STEP = 1, TT_CMD_PREDICT = 2, TT_CMD_ARENA = 3, TT_CMD_CHECKPOINT = 4 };
 
 typedef struct {
     uint32_t magic;        /* TT_MB_MAGIC */
@@ -38,6 +42,8 @@ typedef struct {
     int32_t first, last;   /* in: TT_CMD_STEP runs program instructions [first, last) (0, -1: the whole step;
                               the host's power-cut tests stop a step part-way) */
     tt_io io;              /* in: label, first, lr, sqrt_c2; out: loss, applied (24 bytes) */
+    uint32_t ck_seq;       /* out: the sequence number of the last checkpoint written or restored (0: none) */
+    int32_t ck_steps;      /* in: TT_CMD_CHECKPOINT's step count; out at boot: the restored one (-1: none) */
 } tt_mailbox_t;
 
 #endif
