@@ -11,7 +11,11 @@ Method.
     origins): its map is the exact SRAM and flash the image needs, whatever the profile. Then it is linked on each
     profile (cortex-m7f, the profiles' own cpu, and the same profile with cpu cortex-m4f): linked or refused, and
     for a refusal the region and bytes over from the FirmwareRefused message. The bench checks that the linker's
-    verdict agrees with the needs (used <= budget in both regions).
+    verdict agrees with the needs (used <= budget in both regions), and shows need - budget per region where the
+    message's figure says less (it is the first section that spilled, and names one region).
+  * Every linked ELF is checked to be its own build's (tt_arena = the plan's peak; the program, model and initial
+    state blobs = the files the build wrote), and rebuilt (up to TRIES times) when not: concurrent builds sharing
+    the zig cache can link another build's objects.
   * Deepest last:K: where a full TinyTL-B or TinyTL-L+B update is refused, the largest K whose `--trainable-blocks
     last:K` image links on that profile (Cortex-M7), found by linking (binary search over K; the peak grows with K),
     beside the planner's answer for the arena the linked image leaves (firmware_sim.run.deepest_partial).
@@ -40,7 +44,7 @@ PARTIAL = ("tinytl-b", "tinytl-lb")   # methods whose deepest last:K is searched
 OPTIMIZERS = {"sgd": 1e-2, "adam": 1e-3}
 PROFILES = ("mcu-256k", "stm32f746", "stm32h743")
 CPUS = ("cortex-m7f", "cortex-m4f")
-ROOMY = 4 * 1024 * 1024   # bytes of SRAM and of flash of the image that measures needs and counts instructions
+ROOMY = 8 * 1024 * 1024   # bytes of SRAM and of flash of the image that measures needs and counts instructions
 COUNTED = 2               # counted steps per (configuration, cpu), after 1 warm-up step
 KB = 1024
 CPU_LABEL = {"cortex-m7f": "M7", "cortex-m4f": "M4"}
@@ -70,28 +74,67 @@ def _refusal(message: str) -> tuple[str | None, int | None]:
     return (region.group(1).lower() if region else None), (int(over.group(1).replace(",", "")) if over else None)
 
 
+BLOBS = {"tt_fw_program": "program.bin", "tt_fw_model": "model.bin", "tt_fw_init": "init.bin"}
+TRIES = 3  # builds of one image at most, when the linked ELF is not what its build wrote (see stale())
+
+
+def stale(out: Path, plan_peak: int) -> str | None:
+    """Why the linked ELF in `out` is not the image its build wrote, or None: its arena must be the plan's peak and
+    its flash blobs the program, model and initial state files beside it. (Concurrent `zig cc` builds sharing the
+    zig cache can link objects compiled from another build's fw_config.h and blobs: seen while other builds ran.)"""
+    from elftools.elf.elffile import ELFFile
+    with open(out / "firmware.elf", "rb") as f:
+        e = ELFFile(f)
+        syms = {x.name: (x["st_value"], x["st_size"]) for x in e.get_section_by_name(".symtab").iter_symbols()}
+        why = []
+        if syms["tt_arena"][1] != plan_peak:
+            why.append(f"arena {syms['tt_arena'][1]:,} B, plan {plan_peak:,} B")
+        for sym, fname in BLOBS.items():
+            want = (out / fname).read_bytes() if (out / fname).exists() else None
+            a, b = syms[sym][0], syms[f"{sym}_end"][0]
+            sec = next(x for x in e.iter_sections() if x["sh_addr"] <= a < x["sh_addr"] + x["sh_size"])
+            got = sec.data()[a - sec["sh_addr"]:b - sec["sh_addr"]]
+            if want is not None and got != want:
+                why.append(f"{sym} differs from {fname}")
+    return "; ".join(why) or None
+
+
 def link(bundle_dir: Path, profile, conf: Conf, cpu: str, keep: bool = False) -> dict:
     """Build the image of `conf` for `profile` with `cpu`: {"linked": True, sizes, plan_peak[, dir]} or
-    {"linked": False, region, over} (refused by the linker) or {"linked": None, error} (the build failed)."""
+    {"linked": False, region, over} (refused by the linker) or {"linked": None, error} (the build failed, or
+    its ELF was not its build's TRIES times). "rebuilt": builds thrown away because their ELF was stale."""
+    rebuilt, t0 = [], time.perf_counter()
+    for _ in range(TRIES):
+        r = _link_once(bundle_dir, profile, conf, cpu)
+        if not r.get("stale"):
+            break
+        rebuilt.append(r.pop("stale"))
+        shutil.rmtree(Path(r.pop("dir")).parent, ignore_errors=True)
+    else:
+        r = {"linked": None, "error": f"the linked ELF was not its build's {TRIES} times: {rebuilt[-1]}"}
+    if r.get("dir") and not keep:
+        shutil.rmtree(Path(r.pop("dir")).parent, ignore_errors=True)
+    r["seconds"], r["rebuilt"] = time.perf_counter() - t0, rebuilt
+    return r
+
+
+def _link_once(bundle_dir: Path, profile, conf: Conf, cpu: str) -> dict:
     from firmware_sim.firmware import FirmwareRefused, build_firmware
     out = Path(tempfile.mkdtemp(dir=B.tmpdir(), prefix="fw-")) / "fw"
-    t0 = time.perf_counter()
     try:
         meta = build_firmware(bundle_dir, dataclasses.replace(profile, cpu=cpu), conf.sim(), out, log=lambda s: None)
     except FirmwareRefused as e:
-        region, over = _refusal(str(e))
-        r = {"linked": False, "region": region, "over": over, "message": str(e).splitlines()[0]}
-    except Exception as e:  # noqa: BLE001  (FirmwareError: a build that fails for another reason; reported, not fatal)
-        r = {"linked": None, "error": f"{type(e).__name__}: {str(e).strip().splitlines()[-1] if str(e).strip() else ''}"[:400]}
-    else:
-        r = {"linked": True, "plan_peak": meta["plan_peak"],
-             "sizes": {k: meta["sizes"][k] for k in ("flash", "sram")}}
-        if keep:
-            r["dir"] = str(out)
-    if not keep or not r.get("linked"):
         shutil.rmtree(out.parent, ignore_errors=True)
-    r["seconds"] = time.perf_counter() - t0
-    return r
+        region, over = _refusal(str(e))
+        return {"linked": False, "region": region, "over": over, "message": str(e).splitlines()[0]}
+    except Exception as e:  # noqa: BLE001  (FirmwareError: a build that fails for another reason; reported, not fatal)
+        shutil.rmtree(out.parent, ignore_errors=True)
+        text = str(e).strip()
+        return {"linked": None, "error": f"{type(e).__name__}: {text.splitlines()[-1] if text else ''}"[:400]}
+    r = {"linked": True, "plan_peak": meta["plan_peak"], "sizes": {k: meta["sizes"][k] for k in ("flash", "sram")},
+         "dir": str(out)}
+    why = stale(out, meta["plan_peak"])
+    return r | ({"stale": why} if why else {})
 
 
 def count(bundle, conf: Conf, fw_dir: str, xs, ys) -> dict:
@@ -118,15 +161,18 @@ def _roomy(profile):
     return dataclasses.replace(profile, name="roomy", memory={"sram": ROOMY, "flash": ROOMY}, reserved={})
 
 
-def _agrees(verdict: dict, need: dict, budgets: dict) -> bool | None:
-    """Does the linker's verdict match the needs measured on the roomy image (used <= budget, both regions)?"""
+def check(verdict: dict, need: dict, budgets: dict) -> dict:
+    """The linker's verdict against the needs measured on the roomy image: {"over_need": {region: need - budget > 0},
+    "agrees": linked iff nothing is over (None: no data), "over_agrees": the message's bytes over == need - budget
+    of the region it names (None: linked, or no figure)}."""
     if verdict.get("linked") is None or not need.get("linked"):
-        return None
+        return {"over_need": None, "agrees": None, "over_agrees": None}
     over = {r: need["sizes"][r]["used"] - budgets[r] for r in ("sram", "flash")}
-    if verdict["linked"]:
-        return all(v <= 0 for v in over.values())
-    r = verdict["region"]
-    return r in over and over[r] > 0 and (verdict["over"] is None or verdict["over"] == over[r])
+    over = {r: v for r, v in over.items() if v > 0}
+    out = {"over_need": over, "agrees": bool(verdict["linked"]) == (not over), "over_agrees": None}
+    if verdict["linked"] is False and verdict.get("over") is not None:
+        out["over_agrees"] = verdict["over"] == over.get(verdict["region"])
+    return out
 
 
 def measure(quick: bool) -> dict:
@@ -195,7 +241,7 @@ def measure(quick: bool) -> dict:
                     for cpu in CPUS:
                         links[k_conf, p, cpu] = link(d, profiles[p], k_conf, cpu)
     for (conf, p, cpu), v in links.items():
-        v["agrees"] = _agrees(v, need[conf, cpu], profiles[p].budgets)
+        v.update(check(v, need[conf, cpu], profiles[p].budgets))
     counts = {}
     for (conf, cpu), n in need.items():
         if n.get("linked"):
@@ -242,14 +288,19 @@ def _find(rows: list[dict], **kw) -> dict | None:
 
 
 def _verdict(v: dict | None) -> str:
+    """A profile cell: links (free SRAM, flash) or refused (the region and bytes over the linker's message gives;
+    then the need - budget of each region over, when that says more: another region, or other bytes)."""
     if v is None:
         return "-"
     if v["linked"] is None:
         return f"build failed ({v['error'][:120]})"
     if v["linked"]:
         return f"**links** (SRAM {_kb(v['sizes']['sram']['free'])} KB free, flash {_kb(v['sizes']['flash']['free'])} KB free)"
-    return f"refused: {(v['region'] or '?').upper()} over by {v['over']:,} B" if v["over"] is not None else \
-        f"refused: {(v['region'] or '?').upper()}"
+    text = f"refused: {(v['region'] or '?').upper()}" + (f" over by {v['over']:,} B" if v["over"] is not None else "")
+    need = v.get("over_need") or {}
+    if need and (set(need) != {v["region"]} or need.get(v["region"]) != v["over"]):
+        text += " (need - budget: " + ", ".join(f"{r.upper()} +{_kb(n)} KB" for r, n in sorted(need.items(), reverse=True)) + ")"
+    return text
 
 
 def _probe(v: dict) -> str:
@@ -257,7 +308,7 @@ def _probe(v: dict) -> str:
         return "links"
     if v["linked"] is None:
         return "build failed"
-    return f"refused {(v.get('region') or '?').upper()}" + (f" +{v['over']:,} B" if v.get("over") else "")
+    return f"refused ({(v.get('region') or '?').upper()})"
 
 
 def render(r: dict) -> str:
@@ -327,16 +378,20 @@ def render(r: dict) -> str:
                       f"{max(n) - min(n):,} | {c['stack_used']:,} / {c['stack_bytes']:,} | {where} | "
                       f"{statistics.median(c['count_seconds']):.1f} |")
     # 4. deepest last:K
-    t4 = ["| method | optimizer | profile | full update refused | units | deepest last:K that links (linker) | probes (K: verdict) | "
+    t4 = ["| method | optimizer | profile | full update | units | deepest last:K that links (linker) | probes (K: verdict, the region the message names) | "
           "planner's deepest K for the arena left |", "|---|---|---|---|---:|---:|---|---:|"]
     for s in r["deepest"]:
         probes = ", ".join(f"{k}: {_probe(v)}" for k, v in s["probes"].items())
-        fr = s["full_refused"]
+        full = _find(links, method=s["method"], optimizer=s["optimizer"], last_k=None, profile=s["profile"], cpu="cortex-m7f")
         pl = s["planner"]
-        t4.append(f"| {s['method']} | {s['optimizer']} | {s['profile']} | {(fr['region'] or '?').upper()} over by "
-                  f"{fr['over'] or 0:,} B | {s['units']} | {s['k'] if s['k'] is not None else 'none (last:0 is refused)'} | "
-                  f"{probes} | {(pl['k'] if pl['k'] is not None else 'none') if pl else '-'} |")
+        t4.append(f"| {s['method']} | {s['optimizer']} | {s['profile']} | {_verdict(full)} | {s['units']} | "
+                  f"{s['k'] if s['k'] is not None else 'none (last:0 is refused)'} | {probes} | "
+                  f"{(pl['k'] if pl['k'] is not None else 'none') if pl else '-'} |")
     disagree = [x for x in links if x.get("agrees") is False]
+    off = [x for x in links if x.get("over_agrees") is False]
+    both = [x for x in links if x.get("linked") is False and len(x.get("over_need") or {}) > 1]
+    rebuilt = sum(len(x.get("rebuilt") or []) for x in links + needs) + sum(
+        len(v.get("rebuilt") or []) for d in r["deepest"] for v in d["probes"].values())
     same = r["same_count_check"]
     flash_parts = next((n["sizes"]["flash"] for n in needs if n.get("linked")), {})
     flash_parts = ", ".join(k for k in flash_parts if k not in ("used", "budget", "free"))
@@ -364,13 +419,25 @@ def render(r: dict) -> str:
             "grows with K, and the full update is last:units), beside the planner's deepest K for the arena the linked "
             "image leaves (SRAM budget - stack - mailbox - data; `firmware_sim.run.deepest_partial`). Their rows in the "
             "tables above are linked on that profile only.")
+    name = lambda x: f"{x['label']} {x['optimizer']} on {x['profile']} ({CPU_LABEL[x['cpu']]})"  # noqa: E731
     notes = ["- The linker is the judge: fits = the image linked. " + (
-        "Every verdict agrees with the needs measured on the roomy image (used <= budget in both regions, and the bytes "
-        "over equal to need - budget)." if not disagree else
-        f"**{len(disagree)} verdict(s) disagree with the roomy image's needs**: "
-        + "; ".join(f"{x['label']} {x['optimizer']} {x['profile']} {CPU_LABEL[x['cpu']]}" for x in disagree) + "."),
-        "- A refusal names one region: when an image overflows both, the cell gives the one the linker reported first; "
-        "the SRAM need and flash need columns give both."]
+        "Every verdict (links / refused) agrees with the needs measured on the roomy image (used <= budget in both "
+        "regions)." if not disagree else
+        f"**{len(disagree)} verdict(s) disagree with the roomy image's needs**: " + "; ".join(map(name, disagree)) + ".")]
+    if off or both:
+        notes.append(
+            "- The refusal message's figure is not always the region's overflow: firmware_sim reads the first "
+            "'overflowed by N bytes' line of ld.lld, which is the overflow at the first section that spilled (later "
+            "sections, e.g. the flash checkpoint slots, add more), and names one region when both overflow. The cells "
+            "then add need - budget per region from the roomy image's map. "
+            + (f"Bytes differ in {len(off)} refusal(s) (e.g. {name(off[0])}: message {off[0]['over']:,} B, need - budget "
+               f"{off[0]['over_need'].get(off[0]['region'], 0):,} B)" if off else "")
+            + (f"{'; ' if off else ''}both regions over in {len(both)}." if both else "."))
+    if rebuilt:
+        notes.append(f"- {rebuilt} build(s) were thrown away and rebuilt because the linked ELF was not the build's own "
+                     "(its tt_arena size not the plan's peak, or a flash blob not the program/model/initial state written "
+                     "beside it): concurrent `zig cc` builds sharing the zig cache (here: other firmware builds running on "
+                     f"the machine) can link another build's objects. Every image measured here passed that check.")
     if same:
         notes.append(f"- Profile independence of the counts, checked: {same['config']} {same['optimizer']} on the "
                      f"{same['profile']} image counted {', '.join(f'{x:,}' for x in same['profile_image'] or [])} "
