@@ -169,7 +169,8 @@ def device_runs(sizes: dict, quick: bool, log=print) -> list[dict]:
     once per data order in ORDERS, each next to its PyTorch twin (torch_twin) with the same order."""
     from device.optim import OptimConfig
     from device.bundle import load_bundle
-    from firmware_sim import SimConfig, SimRefused, list_profiles, load_profile, simulate, target
+    from firmware_sim import SimConfig, SimRefused, boot, flash_image, list_profiles, load_profile, simulate
+    from firmware_sim import trainables
     from train.adapt import DEFAULT_LR
     from train.data import load_dataset
     limit, epochs = sizes["animal-mnist", 1]
@@ -179,13 +180,13 @@ def device_runs(sizes: dict, quick: bool, log=print) -> list[dict]:
     test = (_uint8_nhwc(ds.test.x), ds.test.y.astype(np.int64))
     steps = len(train[1]) * epochs  # what PyTorch's batch-1 run saw
     profiles = [load_profile(p) for p in list_profiles()]
-    profiles.sort(key=lambda p: (p.kind != "mcu", target.budgets_for(p)[p.step_region]))
+    profiles.sort(key=lambda p: (p.kind != "mcu", boot.budgets_for(p)[p.step_region]))
     out = []
     for m in DEVICE_METHODS:
         d, _, _, src = B.new_task_bundle(m)
         b = load_bundle(d)
-        fits = [p for p in profiles if target.plan_for(b, list(b.trainable), OptimConfig("adam"), p.step_region).peak[p.step_region]
-                <= target.budgets_for(p, target._const_bytes(b))[p.step_region]]  # noqa: SLF001
+        fits = [p for p in profiles if trainables.plan_for(b, list(b.trainable), OptimConfig("adam"), p.step_region).peak[p.step_region]
+                <= boot.budgets_for(p, flash_image.weight_bytes(b))[p.step_region]]
         row = {"method": m, "profile": None, "steps": steps, "source": src, "accuracy": None, "orders": []}
         for p in fits:  # the smallest target whose plan fits (refused before any step otherwise)
             try:

@@ -18,7 +18,7 @@ Method.
     the zig cache can link another build's objects.
   * Deepest last:K: where a full TinyTL-B or TinyTL-L+B update is refused, the largest K whose `--trainable-blocks
     last:K` image links on that profile (Cortex-M7), found by linking (binary search over K; the peak grows with K),
-    beside the planner's answer for the arena the linked image leaves (firmware_sim.run.deepest_partial).
+    beside the planner's answer for the arena the linked image leaves (firmware_sim.trainables.deepest).
   * Instructions: the roomy image of each configuration (cpu M7 and M4) runs 1 warm-up step, then COUNTED counted
     steps (exact: Unicorn block hooks, each block's Thumb instructions decoded once); the median is reported. The
     count is a property of the program and the code, not of the profile: the profile only sets the linker script's
@@ -179,9 +179,9 @@ def measure(quick: bool) -> dict:
     import numpy as np
     from device import load_bundle
     from device.optim import OptimConfig
-    from firmware_sim import target
+    from firmware_sim import trainables as target
     from firmware_sim.profiles import load_profile
-    from firmware_sim.run import deepest_partial, select
+    from firmware_sim.run import select
     profiles = {n: load_profile(n) for n in (PROFILES[:1] if quick else PROFILES)}
     confs = ([Conf("tinytl-b", "sgd"), Conf("tinytl-b", "adam")] if quick
              else [Conf(m, o) for m in METHODS for o in OPTIMIZERS])
@@ -229,7 +229,8 @@ def measure(quick: bool) -> dict:
                 if n.get("linked"):
                     s = n["sizes"]["sram"]
                     arena_budget = profiles[p].budgets["sram"] - (s["used"] - s["arena"])
-                    dp = deepest_partial(bundle, names, OptimConfig(c.optimizer), "sram", arena_budget)
+                    dp = target.deepest(names, arena_budget, lambda ns: target.plan_for(bundle, ns, OptimConfig(c.optimizer),
+                                                                                         "sram").peak["sram"])
                     planner = {"arena_budget": arena_budget, "k": dp[0] if dp else None}
                 searches.append({"method": c.method, "optimizer": c.optimizer, "profile": p, "units": n_units, "k": lo,
                                  "probes": {k: {kk: v for kk, v in r.items() if kk != "message"} for k, r in sorted(probes.items())},
@@ -417,7 +418,7 @@ def render(r: dict) -> str:
     deep = ("Deepest `--trainable-blocks last:K` (the method's trainables in the last K units only, plus the classifier) "
             "whose Cortex-M7 image links where the full update is refused; K found by linking (binary search: the peak "
             "grows with K, and the full update is last:units), beside the planner's deepest K for the arena the linked "
-            "image leaves (SRAM budget - stack - mailbox - data; `firmware_sim.run.deepest_partial`). Their rows in the "
+            "image leaves (SRAM budget - stack - mailbox - data; `firmware_sim.trainables.deepest`). Their rows in the "
             "tables above are linked on that profile only.")
     name = lambda x: f"{x['label']} {x['optimizer']} on {x['profile']} ({CPU_LABEL[x['cpu']]})"  # noqa: E731
     notes = ["- The linker is the judge: fits = the image linked. " + (

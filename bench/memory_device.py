@@ -2,9 +2,9 @@
 
 Model: the pretrained checkpoint with a fresh 10-class Animal-MNIST head (what `make simulate` deploys),
 converted as TinyTL-B and TinyTL-L+B bundles (bench/_bundles.py new_task_bundle; a random mcunet-tiny if
-runs/pretrain/model.pt is absent). Every plan comes from firmware_sim's machinery (target.plan_for: the
+runs/pretrain/model.pt is absent). Every plan comes from firmware_sim's machinery (firmware_sim.trainables.plan_for: the
 device's own buffer rules and greedy planner; FT-Full is the TinyTL-B graph with every weight float32 and
-trainable, planned, never a bundle); the deepest partial update is fit.deepest. Beside each planned peak:
+trainable, planned, never a bundle); the deepest partial update is firmware_sim.trainables.deepest. Beside each planned peak:
 the same model's paper-accounting estimate (train/memory.py) at batch 1, to show the gap between the views.
 """
 from __future__ import annotations
@@ -12,7 +12,9 @@ from __future__ import annotations
 from device.bundle import load_bundle
 from device.engine import Engine
 from device.optim import OptimConfig
-from firmware_sim import fit, list_profiles, load_profile, target
+from firmware_sim import boot, fit, list_profiles, load_profile
+from firmware_sim import flash_image
+from firmware_sim import trainables as target
 
 from . import _bundles as B
 
@@ -52,7 +54,7 @@ def measure(quick: bool) -> dict:
         d, _, _, src = B.new_task_bundle(kind)
         bundles[kind] = load_bundle(d)
     res = bundles["tinytl-b"].manifest["input"]["shape"][1]
-    weights = {k: target._const_bytes(b) for k, b in bundles.items()}  # noqa: SLF001  flash image bytes, as fit.py
+    weights = {k: flash_image.weight_bytes(b) for k, b in bundles.items()}  # flash image bytes, as fit.py
     profiles = sorted((load_profile(p) for p in list_profiles()), key=lambda p: (p.kind != "mcu", p.budgets[p.step_region]))
     peaks = {}  # (optimizer, method, region) -> bytes
     for opt in OPTIMIZERS:
@@ -65,7 +67,7 @@ def measure(quick: bool) -> dict:
         region = p.step_region
         for m in METHODS:
             kind, _ = names_for(bundles, m)
-            budget = target.budgets_for(p, weights[kind])[region]
+            budget = boot.budgets_for(p, weights[kind])[region]
             wbudget = p.budgets[p.weight_region]
             rows.append({"profile": p.name, "kind": p.kind, "method": m, "region": region, "budget": budget,
                          "weights": weights[kind], "weights_budget": wbudget, "weights_fit": weights[kind] <= wbudget,
@@ -78,11 +80,11 @@ def measure(quick: bool) -> dict:
     for p in profiles if not quick else [load_profile("mcu-256k")]:
         if p.kind != "mcu":
             continue
-        budget = target.budgets_for(p, weights["tinytl-b"])[p.step_region]
+        budget = boot.budgets_for(p, weights["tinytl-b"])[p.step_region]
         for opt in OPTIMIZERS:
-            d = fit.deepest(b, eng, names, OptimConfig(opt), p.step_region, budget, ())
+            d = target.deepest(names, budget, lambda ns: fit.peak_under(b, eng, ns, OptimConfig(opt), p.step_region, ()))
             partial.append({"profile": p.name, "optimizer": opt, "units": len(target.units(names)),
-                            "bias_layers": fit.bias_layers(names), "budget": budget,
+                            "bias_layers": target.bias_layers(names), "budget": budget,
                             "k": d[0] if d else None, "bias_layers_trained": d[2] if d else None, "peak": d[1] if d else None})
     return {"source": src, "resolution": res, "weights": weights, "rows": rows, "partial": partial,
             "paper_batch1": paper_estimates(res), "profiles": {p.name: p.description for p in profiles}}
@@ -117,7 +119,7 @@ def render(r: dict) -> str:
                     + (f"{d['k']} | {d['bias_layers_trained']} | {_kb(d['peak'])} |" if d["k"] is not None else "- | none fits | - |"))
     return (f"Model: {r['source']}, {r['resolution']} px, 10 classes, batch 1. KB = 1024 bytes. Planned peak: the "
             "device's plan of one update step (activations, saved tensors, masks, gradient buffers, optimizer state, "
-            "im2col scratch, trainable params) in the step's region, from `firmware_sim.target.plan_for` (the same "
+            "im2col scratch, trainable params) in the step's region, from `firmware_sim.trainables.plan_for` (the same "
             "planner `python -m firmware_sim fit` and `run` use); fits = planned peak within the profile's step budget "
             "and the frozen int8 weights within its flash (MCU) / DRAM. FT-Full is planned on the TinyTL-B graph with "
             "every weight float32 and trainable (it cannot ship as an int8 bundle); TinyTL-L is the L+B graph with only "
@@ -128,7 +130,7 @@ def render(r: dict) -> str:
             "lite-branch methods (float32 lite weights, their gradients and GroupNorm inputs) well above it.\n\n"
             + "\n".join(lines) + "\n\nProfiles (firmware_sim/profiles/*.yaml):\n\n" + "\n".join(budgets)
             + "\n\nDeepest partial TinyTL-B update that fits each MCU (biases of the last k units + the classifier; "
-              "`fit.deepest`, the runtime as it is today):\n\n" + "\n".join(part) + "\n")
+              "`firmware_sim.trainables.deepest`, the runtime as it is today):\n\n" + "\n".join(part) + "\n")
 
 
 def run(quick: bool = False) -> str:

@@ -6,7 +6,7 @@ import os
 import sys
 from pathlib import Path
 
-from device.graph import last_k_arg
+from device import last_k_arg
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see train/__main__.py: spinning OpenMP threads stall busy CPUs
 
@@ -58,8 +58,8 @@ def _merge_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    from device.bundle import BundleError
-    from train.errors import UserError
+    from device import BundleError
+    from train import UserError
     try:
         if argv[:1] == ["merge"]:
             a = _merge_parser().parse_args(argv[1:])

@@ -10,10 +10,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from device.graph import Graph, Op, Tensor, verify
-from train.errors import UserError
-from train.models import LiteResidual, MobileNet
-from train.models import ConvBN, InvertedResidual
+from device import Graph, Op, Tensor, verify
+from train import ConvBN, InvertedResidual, LiteResidual, MobileNet, UserError
 
 # PyTorch parameter name -> graph parameter name, per module path suffix (folded BN shift = conv bias)
 _BN_BIAS = ".bn.bias"

@@ -17,10 +17,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from device.bundle import BUNDLE_FORMAT, BUNDLE_VERSION, MANIFEST, file_sha256
-from device.graph import last_units
-from train.checkpoint import load_checkpoint
-from train.errors import UserError
+from device import BUNDLE_FORMAT, BUNDLE_VERSION, MANIFEST, file_sha256, last_units
+from train import UserError, load_checkpoint
 from . import _litert_train, _tflite
 from ._build import build_graph, mark_trainable
 from ._trainable import trainable_spec
@@ -65,7 +63,7 @@ def load_model(cfg: ConvertConfig):
         labels = list(cfg.labels) if cfg.labels else [f"class{i}" for i in range(cfg.classes)]
         if len(labels) != cfg.classes:
             raise UserError(f"--labels has {len(labels)} names, --classes is {cfg.classes}; give one name per class")
-        from train.adapt import prepare_model  # zero-started lite branches when absent, fresh head, freezing
+        from train import prepare_model  # zero-started lite branches when absent, fresh head, freezing
         model, names = prepare_model(model, cfg.classes, cfg.method, "pretrained", cfg.seed)
         meta = meta | {"method": cfg.method, "trainable": names, "classes": labels, "new_task": True}
     else:
@@ -91,7 +89,7 @@ def last_blocks(names: list[str], k: int) -> list[str]:
 
 
 def load_data(cfg: ConvertConfig, meta: dict[str, Any]):
-    from train.data import Preprocess, load_dataset
+    from train import Preprocess, load_dataset
     conf = meta.get("config", {})
     source = cfg.data or conf.get("data") or meta.get("dataset")
     if not source:
@@ -105,7 +103,7 @@ def load_data(cfg: ConvertConfig, meta: dict[str, Any]):
 
 
 def nhwc(x_uint8: np.ndarray, prep) -> np.ndarray:
-    from train.data import preprocess
+    from train import preprocess
     return preprocess(x_uint8, prep).permute(0, 2, 3, 1).contiguous().numpy()
 
 

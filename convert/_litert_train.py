@@ -30,8 +30,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import numpy as np
 import tensorflow as tf
 
-from device.graph import Graph
-from device.litert_peer import SIGNATURES, sanitize  # the signature keys the device-side runner reads
+from device import SIGNATURES, Graph, sanitize  # the signature keys the device-side runner reads
 from . import _tflite
 
 METHODS = ("tinytl-b", "ft-last")

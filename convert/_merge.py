@@ -19,9 +19,9 @@ from typing import Any
 
 import numpy as np
 
-from device.bundle import BundleError, load_bundle, load_trained
-from train.errors import UserError
-from device.requant import bias_int32, bias_scale, head_output_quant, per_channel_int8, to_tflite_layout
+from device import (BundleError, bias_int32, bias_scale, head_output_quant, load_bundle, load_trained, per_channel_int8,
+                    to_tflite_layout)
+from train import UserError
 
 
 def _fb():

@@ -36,7 +36,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import numpy as np
 import tensorflow as tf
 
-from device.graph import Graph
+from device import Graph
 
 LITE_MARK = ".lite."  # graph tensors of lite residual branches contain this
 OUT = "out"
@@ -320,7 +320,7 @@ def lite_tensor_names(model: bytes) -> list[str]:
 
 def tensor_index(model_names: dict[int, str], tensor: str, produced: list[int] | None = None) -> int | None:
     """The .tflite tensor holding graph tensor `tensor` (see device/taps.py, the one definition)."""
-    from device.taps import tensor_index as _ti
+    from device import tensor_index as _ti
     return _ti(model_names, tensor, produced)
 
 

@@ -20,9 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from device.bundle import FROZEN_PREFIX
-from device.graph import Graph, group_norm_params, to_dict
-from device.requant import to_tflite_layout as _to_tflite_layout
+from device import FROZEN_PREFIX, Graph, group_norm_params, to_dict, to_tflite_layout as _to_tflite_layout
 from . import _tflite
 
 FORMAT = "tinytl-trainable"

@@ -10,6 +10,7 @@ cannot cause but a bad SD card can).
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 from pathlib import Path
@@ -17,7 +18,8 @@ from typing import Any
 
 import numpy as np
 
-KEEP = 2  # checkpoints kept: the newest and the previous
+KEEP = 2     # checkpoints kept: the newest and the previous
+PAGE = 4096  # bytes: the file is written a page at a time (what a power cut can tear)
 
 
 class CheckpointError(ValueError):
@@ -40,18 +42,37 @@ def _fsync_dir(d: Path) -> None:
         os.close(fd)
 
 
-def save(directory: str | Path, state: dict[str, np.ndarray], meta: dict[str, Any]) -> Path:
+def _no_fault(step: int, phase: str, done: int, total: int) -> None:
+    pass
+
+
+def save(directory: str | Path, state: dict[str, np.ndarray], meta: dict[str, Any], *, on_phase=None) -> Path:
+    """Write ckpt-<step>.npz: temp file (page by page), fsync, rename, fsync the folder, drop all but KEEP.
+    on_phase(step, phase, done, total): the fault seam (as Trainer.on_phase), called with 'ckpt-write' before
+    each page and after the last (done: bytes written), 'ckpt-fsync' before the fsync, 'ckpt-rename' before the
+    rename and 'ckpt-cleanup' after it; a hook that raises stops the save there."""
+    phase = on_phase or _no_fault
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
-    final = d / f"ckpt-{int(meta['step']):09d}.npz"
+    step = int(meta["step"])
+    final = d / f"ckpt-{step:09d}.npz"
     tmp = d / f".{final.name}.tmp"
     arrays = dict(state)
     arrays["meta"] = np.frombuffer(json.dumps(meta, sort_keys=True).encode(), np.uint8)
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    data = buf.getbuffer()
     with open(tmp, "wb") as f:
-        np.savez(f, **arrays)
+        for at in range(0, len(data), PAGE):
+            phase(step, "ckpt-write", at, len(data))
+            f.write(data[at:at + PAGE])
+        phase(step, "ckpt-write", len(data), len(data))
         f.flush()
+        phase(step, "ckpt-fsync", 0, 1)
         os.fsync(f.fileno())
+    phase(step, "ckpt-rename", 0, 1)
     os.replace(tmp, final)
+    phase(step, "ckpt-cleanup", 0, 1)
     _fsync_dir(d)
     for old in sorted(d.glob("ckpt-*.npz"))[:-KEEP]:
         old.unlink(missing_ok=True)

@@ -69,7 +69,8 @@ def train(bundle: Bundle, optim: OptimConfig, cfg: LoopConfig, *, data: tuple[np
             step = int(m["step"])
             log(f"resumed from {path.name}: step {step}")
         else:
-            ck.save(cfg.checkpoint_dir, tr.state(), meta | {"step": 0})  # a last good state exists from the start
+            # a last good state exists from the start
+            ck.save(cfg.checkpoint_dir, tr.state(), meta | {"step": 0}, on_phase=tr.on_phase)
     bad, skipped, rollbacks, losses, t0 = 0, 0, 0, [], time.time()
     first = step
     while step < cfg.steps:
@@ -102,7 +103,7 @@ def train(bundle: Bundle, optim: OptimConfig, cfg: LoopConfig, *, data: tuple[np
                     log(f"step {step}: {bad} non-finite steps in a row: rolled back to the bundle's parameters")
                 bad, rollbacks = 0, rollbacks + 1
         if cfg.checkpoint_dir and (step % cfg.checkpoint_every == 0 or step == cfg.steps) and bad == 0:
-            ck.save(cfg.checkpoint_dir, tr.state(), meta | {"step": step})
+            ck.save(cfg.checkpoint_dir, tr.state(), meta | {"step": step}, on_phase=tr.on_phase)
         if cfg.log_every and step % cfg.log_every == 0:
             recent = np.mean(losses[-cfg.log_every:]) if losses else float("nan")
             rate = (step - first) / max(time.time() - t0, 1e-9)

@@ -16,8 +16,16 @@ One step:
   4. backward in float32 over dequantized frozen weights, last op first, only the ops downstream of some
      trainable parameter (autograd's rule), each gradient buffer dying at the op that consumes it.
   5. a NaN/inf loss or gradient skips the update (the caller counts and rolls back); else SGD/Adam.
+
+The fault seam: `on_phase` (None in a normal run) is called as on_phase(step, phase, done, total) at every
+point a step can be stopped at, `done` of `total` units of the phase being complete: 'step' (0 of 1) as a step
+begins, 'forward' after each op of the int8 graph (and before the first), 'backward' before each op, 'update'
+before each parameter. A hook that raises stops the step there (firmware_sim's power cuts); the learning loop
+hands the same hook to checkpoint.save, whose phases are 'ckpt-write', 'ckpt-fsync', 'ckpt-rename', 'ckpt-cleanup'.
 """
 from __future__ import annotations
+
+from typing import Callable
 
 import numpy as np
 
@@ -66,6 +74,13 @@ class Trainer:
                 self.arena[f"opt{k}:{n}"][...] = 0
         self.updates = 0          # applied updates (Adam's t)
         self._dirty = True
+        self.on_phase: Callable[[int, str, int, int], None] | None = None  # the fault seam (module docstring)
+        self._now: int | None = None  # the step being run (its schedule index), what on_phase is told
+
+    def _phase(self, phase: str, done: int, total: int) -> None:
+        """Tell the fault seam that `done` of `total` units of `phase` of the current step are complete."""
+        if self.on_phase is not None and self._now is not None:
+            self.on_phase(self._now, phase, done, total)
 
     def _make_engine(self):
         return Engine(self.bundle.tflite_path)
@@ -231,7 +246,15 @@ class Trainer:
         i0 = eng.model.inputs[0]
         views[i0][...] = x
         hook(0, i0, views[i0])
-        eng.run(views[i0], views=views, hook=hook)
+        run_hook = hook
+        if self.on_phase is not None:
+            n = len(eng.ops)
+            self._phase("forward", 0, n)
+
+            def run_hook(k: int, o: int, y: np.ndarray) -> None:
+                hook(k, o, y)
+                self._phase("forward", k + 1, n)
+        eng.run(views[i0], views=views, hook=run_hook)
         logits = self.arena["logits"]
         logits[...] = self.saved(self.head.inputs[0]) @ self._value(self.head.inputs[1]).T + self._value(self.head.inputs[2])
         return logits
@@ -256,7 +279,8 @@ class Trainer:
             if p in self.slots and v is not None:
                 a[f"pgrad:{p}"][...] = v
 
-        for op in self.bwd:
+        for k, op in enumerate(self.bwd):
+            self._phase("backward", k, len(self.bwd))
             dy = a[f"grad:{self.gbuf[op.outputs[0]]}"]
             x = op.inputs[0]
             shape = g.tensors[x].shape
@@ -301,17 +325,25 @@ class Trainer:
     def step(self, x: np.ndarray, label: int, *, step_index: int | None = None) -> tuple[float, bool]:
         """One batch-1 update. Returns (loss, applied): applied is False when the loss or a gradient was
         not finite (the update is skipped, the parameters unchanged)."""
-        logits = self.forward(x)
-        loss, dlogits = bw.softmax_cross_entropy(logits, label)
-        if not np.isfinite(loss):
-            return loss, False
-        self.backward(dlogits)
-        grads = self.gradients()
-        if not all(np.isfinite(v).all() for v in grads.values()):
-            return loss, False
         t = self.updates if step_index is None else step_index
-        state = {n: [self.arena[f"opt{k}:{n}"] for k in range(OPTIMIZERS[self.cfg.name])] for n in self.names}
-        update(self.cfg, self.params, grads, state, lr_at(self.cfg, t), self.updates + 1)
+        self._now = t
+        try:
+            self._phase("step", 0, 1)
+            logits = self.forward(x)
+            loss, dlogits = bw.softmax_cross_entropy(logits, label)
+            if not np.isfinite(loss):
+                return loss, False
+            self.backward(dlogits)
+            grads = self.gradients()
+            if not all(np.isfinite(v).all() for v in grads.values()):
+                return loss, False
+            state = {n: [self.arena[f"opt{k}:{n}"] for k in range(OPTIMIZERS[self.cfg.name])] for n in self.names}
+            params, lr = self.params, lr_at(self.cfg, t)
+            for k, n in enumerate(self.names):  # one parameter at a time (each update is independent of the others)
+                self._phase("update", k, len(self.names))
+                update(self.cfg, {n: params[n]}, grads, state, lr, self.updates + 1)
+        finally:
+            self._now = None
         self.updates += 1
         self._dirty = True
         return loss, True

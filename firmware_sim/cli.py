@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from device.graph import last_k_arg
+from device import last_k_arg
 
 EXAMPLES = {
     "run": "python -m firmware_sim run --bundle bundles/animal --profile mcu-256k --data animal_train.npz \\\n"
@@ -84,8 +84,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def cmd_run(a) -> None:
-    from device.bundle import load_bundle
-    from device.data import load_labelled
+    from device import load_bundle, load_labelled
     from . import faults, report
     from .profiles import load_profile
     from .run import SimConfig, SimRefused, simulate
@@ -169,14 +168,12 @@ def cmd_profiles(a) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from device.bundle import BundleError
-    from device.checkpoint import CheckpointError
-    from device.data import DataError
+    from device import BundleError, CheckpointError, DataError
     from .profiles import ProfileError
     from .run import SimRefused
     from .emulated import EmulatorFault
     from .firmware import FirmwareError, FirmwareRefused
-    from .target import FlashError
+    from .flash_image import FlashError
     a = _parser().parse_args(argv)
     try:
         from .tflm import cmd_export_tflm

@@ -28,8 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from device import load_bundle, make_trainer
-from device import native_build as nb
+from device import load_bundle, make_trainer, native_build as nb
 
 from .profiles import CPUS as PROFILE_CPUS, Profile
 
@@ -314,7 +313,7 @@ def _refuse(stderr: str, tr, bundle, cfg, profile: Profile, stack: int):
             f"({profile.budgets[region]:,} bytes: {profile.memory[region]:,} minus {profile.reserved.get(region, 0):,} reserved)"
             + (f", over by {by:,} bytes" if by is not None else "") + ".")
     if region == "sram" and by is not None:
-        from device.planner import BudgetError, check_budget
+        from device import BudgetError, check_budget
         others = profile.budgets["sram"] + by - peak      # stack, mailbox and the core's data: SRAM besides the arena
         arena_budget = peak - by
         head += (f"\nThe arena is the plan's peak, {peak:,} bytes; the stack ({stack:,}), the mailbox and the core's data "

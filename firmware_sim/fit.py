@@ -3,9 +3,9 @@
 Steps:
   1. convert the checkpoint at each resolution (convert/, host side): a TinyTL-B bundle (its graph also
      serves FT-Last, FT-Full and partial updates) and, if asked, a TinyTL-L+B one (lite branches in the graph);
-  2. plan the update step of every method with the device's buffer rules (target.plan_for; FT-Full is the
+  2. plan the update step of every method with the device's buffer rules (trainables.plan_for; FT-Full is the
      same graph with every conv weight float32 and trainable: planned, never a bundle);
-  3. the deepest partial update that fits: the largest k whose `last:k` biases (+ lite branches) fit;
+  3. the deepest partial update that fits (trainables.deepest): the largest k whose `last:k` biases (+ lite branches) fit;
   4. what it would take beyond the current runtime: the same buffers re-planned under runtime techniques
      (rules below), each cumulative, with the deepest k that fits under each.
 
@@ -24,13 +24,12 @@ import dataclasses
 import tempfile
 from pathlib import Path
 
-from device.bundle import load_bundle
-from device.engine import Engine
-from device.optim import OptimConfig
-from device.planner import Buffer, plan_greedy
+from device import Buffer, Engine, OptimConfig, load_bundle, plan_greedy
 
-from . import target
+from .boot import budgets_for
+from .flash_image import weight_bytes
 from .profiles import Profile
+from .trainables import bias_layers, deepest, last_k, method_names, plan_for, units
 
 RULES = ("pad-fused", "dw-inplace", "fused-update", "plain-sgd", "int8-weights")
 
@@ -75,37 +74,13 @@ def rewrite(buffers: tuple[Buffer, ...], engine: Engine, rules: tuple[str, ...])
 
 
 def peak_under(bundle, engine, names, optim, region, rules) -> int:
-    plan = target.plan_for(bundle, names, optim, region)
+    plan = plan_for(bundle, names, optim, region)
     return plan_greedy(rewrite(plan.buffers, engine, rules)).peak[region] if rules else plan.peak[region]
-
-
-def deepest(bundle, engine, names, optim, region, budget, rules) -> tuple[int, int, int] | None:
-    """(k, peak, conv bias layers) of the deepest last-k update that fits, or None; binary search on k."""
-    n = len(target.units(names))
-    memo = {}
-
-    def peak(k):
-        if k not in memo:
-            memo[k] = peak_under(bundle, engine, target.last_k(names, k), optim, region, rules)
-        return memo[k]
-    if peak(0) > budget:
-        return None
-    lo, hi = 0, n
-    if peak(hi) <= budget:
-        lo = hi
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        lo, hi = (mid, hi) if peak(mid) <= budget else (lo, mid)
-    return lo, peak(lo), bias_layers(target.last_k(names, lo))
-
-
-def bias_layers(names: list[str]) -> int:
-    return sum(1 for n in names if n.endswith(".bias") and ".lite." not in n and target.unit_of(n) != "classifier")
 
 
 def _bundle(checkpoint: Path, method: str, res: int, data, work: Path, log):
     from convert import ConvertConfig, convert
-    from train.checkpoint import load_checkpoint
+    from train import load_checkpoint
     out = work / f"{method}-{res}"
     if not (out / "manifest.json").exists():
         _, meta = load_checkpoint(checkpoint)
@@ -124,7 +99,7 @@ def _kb(n: int) -> str:
 
 def fit_table(checkpoint: str | Path, profile: Profile, *, resolutions=None, methods=("ft-last", "tinytl-b", "tinytl-lb", "ft-full"),
               optimizer: str = "sgd", data: str | None = None, work: str | Path | None = None, log=print) -> str:
-    from train.checkpoint import load_checkpoint
+    from train import load_checkpoint
     checkpoint = Path(checkpoint)
     _, meta = load_checkpoint(checkpoint)
     native = int(meta["preprocess"]["resolution"])
@@ -137,22 +112,22 @@ def fit_table(checkpoint: str | Path, profile: Profile, *, resolutions=None, met
     for res in resolutions:
         for base in sorted({"tinytl-lb" if m == "tinytl-lb" else "tinytl-b" for m in methods}):
             b = _bundle(checkpoint, base, res, data, work, log)
-            weights = target._const_bytes(b)  # noqa: SLF001
-            budget = target.budgets_for(profile, weights)[region]
+            weights = weight_bytes(b)
+            budget = budgets_for(profile, weights)[region]
             eng = Engine(b.tflite_path)
             for m in [m for m in methods if ("tinytl-lb" if m == "tinytl-lb" else "tinytl-b") == base]:
-                peak = target.plan_for(b, target.method_names(b, m), optim, region).peak[region]
+                peak = plan_for(b, method_names(b, m), optim, region).peak[region]
                 rows.append((res, m, peak, budget, weights))
             if base == "tinytl-b" and "tinytl-b" in methods:
-                names = target.method_names(b, "tinytl-b")
-                d = deepest(b, eng, names, optim, region, budget, ())
-                partial.append((res, len(target.units(names)), bias_layers(names), d))
+                names = method_names(b, "tinytl-b")
+                d = deepest(names, budget, lambda ns: peak_under(b, eng, ns, optim, region, ()))
+                partial.append((res, len(units(names)), bias_layers(names), d))
                 if res == resolutions[0]:
                     for i in range(len(RULES) + 1):
                         rules = RULES[:i]
                         full = peak_under(b, eng, names, optim, region, rules)
-                        takes.append((rules, full, peak_under(b, eng, target.last_k(names, 0), optim, region, rules),
-                                      deepest(b, eng, names, optim, region, budget, rules)))
+                        takes.append((rules, full, peak_under(b, eng, last_k(names, 0), optim, region, rules),
+                                      deepest(names, budget, lambda ns: peak_under(b, eng, ns, optim, region, rules))))
     lines = [f"fit on {profile.name}: {region} budget for the step = {profile.budgets[region]:,} bytes less reserved/weights "
              f"as listed; optimizer {optimizer}; batch 1; KB = 1024 bytes", "",
              f"| px | method | planned peak KB | budget KB | fits | weights KB ({profile.weight_region}) |",

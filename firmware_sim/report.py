@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from device.planner import Plan, live_bytes_timeline, peak_step
+from device import Plan, live_bytes_timeline, peak_step
 
 KINDS = ("activation", "saved", "mask", "grad", "optimizer", "param", "scratch")
 COLORS = {"activation": "#4c72b0", "saved": "#dd8452", "mask": "#55a868", "grad": "#c44e52", "optimizer": "#8172b3",

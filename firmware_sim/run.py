@@ -21,15 +21,15 @@ from pathlib import Path
 
 import numpy as np
 
-from device import checkpoint as ck
-from device.bundle import Bundle, load_bundle
-from device.loop import LoopConfig, accuracy, train
-from device.data import load_labelled, to_model_input
-from device.optim import OptimConfig
-from device.planner import BudgetError, Plan
+from device import (BudgetError, Bundle, LoopConfig, OptimConfig, Plan, Trainer, accuracy, checkpoint as ck, load_bundle,
+                    load_labelled, to_model_input, train)
 
-from . import faults, target
+from . import faults
+from .boot import budgets_for, build_trainer
+from .cost import step_macs
+from .flash_image import FlashWriteFault, check_weights, place_weights, weight_bytes
 from .profiles import Profile
+from .trainables import deepest, last_k, method_names, plan_for, plan_only, with_trainables
 
 CANARY = 0xA5  # fills the arena past the plan's peak: a byte changed there is a write outside the plan
 
@@ -68,10 +68,10 @@ def select(bundle: Bundle, cfg: SimConfig) -> Bundle:
     """The bundle with the trainable set the config asks for."""
     if cfg.trainables == "bundle" and cfg.last_k is None:
         return bundle
-    names = list(bundle.trainable) if cfg.trainables == "bundle" else target.method_names(bundle, cfg.trainables)
+    names = list(bundle.trainable) if cfg.trainables == "bundle" else method_names(bundle, cfg.trainables)
     if cfg.last_k is not None:
-        names = target.last_k(names, cfg.last_k)
-    return target.with_trainables(bundle, names)
+        names = last_k(names, cfg.last_k)
+    return with_trainables(bundle, names)
 
 
 def _kb(n: int) -> str:
@@ -80,7 +80,7 @@ def _kb(n: int) -> str:
 
 def suggestions(bundle: Bundle, cfg: SimConfig, profile: Profile, weights: int) -> list[str]:
     """What would fit, computed by planning candidates with the device's own rules (best first)."""
-    budgets = target.budgets_for(profile, weights)
+    budgets = budgets_for(profile, weights)
     region = profile.step_region
     budget = budgets[region]
     names = list(select(bundle, cfg).trainable)
@@ -90,12 +90,13 @@ def suggestions(bundle: Bundle, cfg: SimConfig, profile: Profile, weights: int) 
     if other:
         cands.append((f"the same trainables with --optimizer sgd (one state array, not two)", names, other))
     for method in ("tinytl-b", "ft-last"):
-        if cfg.trainables != method and set(target.method_names(bundle, method)) != set(names):
-            cands.append((f"--trainables {method}", target.method_names(bundle, method), cfg.optimizer))
+        if cfg.trainables != method and set(method_names(bundle, method)) != set(names):
+            cands.append((f"--trainables {method}", method_names(bundle, method), cfg.optimizer))
     for text, ns, opt in cands:
-        peak = target.plan_for(bundle, ns, OptimConfig(opt), region).peak[region]
+        peak = plan_for(bundle, ns, OptimConfig(opt), region).peak[region]
         out.append((peak <= budget, peak, f"{text}: {'fits' if peak <= budget else 'needs'} {_kb(peak)}"))
-    depth = deepest_partial(bundle, names, OptimConfig(cfg.optimizer), region, budget)
+    optim = OptimConfig(cfg.optimizer)
+    depth = deepest(names, budget, lambda ns: plan_for(bundle, ns, optim, region).peak[region])
     if depth:
         k, peak, n_bias = depth
         out.append((True, peak, f"--trainable-blocks last:{k} (the same trainables in the last {k} units only: "
@@ -107,34 +108,12 @@ def suggestions(bundle: Bundle, cfg: SimConfig, profile: Profile, weights: int) 
     return lines
 
 
-def deepest_partial(bundle: Bundle, names: list[str], optim: OptimConfig, region: str, budget: int):
-    """(k, peak, bias layers) of the largest k whose last-k partial update fits `budget`, or None.
-    Binary search: the peak grows with k (each extra unit only adds buffers and extends backward)."""
-    n_units = len(target.units(names))
-    peak_of = {}
-
-    def peak(k: int) -> int:
-        if k not in peak_of:
-            peak_of[k] = target.plan_for(bundle, target.last_k(names, k), optim, region).peak[region]
-        return peak_of[k]
-    if peak(0) > budget:
-        return None
-    lo, hi = 0, n_units  # invariant: peak(lo) fits
-    if peak(hi) <= budget:
-        lo = hi
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        lo, hi = (mid, hi) if peak(mid) <= budget else (lo, mid)
-    ns = target.last_k(names, lo)
-    return lo, peak(lo), sum(1 for n in ns if n.endswith(".bias") and ".lite." not in n and not n.startswith("classifier"))
-
-
 def plan_or_refuse(bundle: Bundle, cfg: SimConfig, profile: Profile, weights: int,
-                   keep_flash: bytes | None = None) -> target.Trainer:
+                   keep_flash: bytes | None = None) -> Trainer:
     """Build the target's trainer, or raise SimRefused before any step."""
     b = select(bundle, cfg)
     try:
-        tr = target.build_trainer(b, profile, cfg.optim(), weights=weights, engine=cfg.engine, firmware=cfg.firmware,
+        tr = build_trainer(b, profile, cfg.optim(), weights=weights, engine=cfg.engine, firmware=cfg.firmware,
                                   keep_flash=keep_flash)
     except BudgetError as e:
         what = {"ft-full": "FT-Full (every conv weight trains: it cannot be an int8 bundle, so this plan applies the "
@@ -142,12 +121,12 @@ def plan_or_refuse(bundle: Bundle, cfg: SimConfig, profile: Profile, weights: in
             cfg.trainables, f"the {cfg.trainables if cfg.trainables != 'bundle' else bundle.manifest.get('method')} update"
             + (f" of the last {cfg.last_k} units" if cfg.last_k is not None else ""))
         msg = (f"refused on {profile.name}: {what} with {cfg.optimizer} does not fit, nothing was run.\n{e}\n"
-               f"what would fit on {profile.name} ({_kb(target.budgets_for(profile, weights)[profile.step_region])} "
+               f"what would fit on {profile.name} ({_kb(budgets_for(profile, weights)[profile.step_region])} "
                f"for the step):\n" + "\n".join(f"  - {s}" for s in suggestions(bundle, cfg, profile, weights)))
         raise SimRefused(msg, e.plan) from None
-    if target.plan_only(b):
+    if plan_only(b):
         raise SimRefused(f"{cfg.trainables} fits {profile.name} ({_kb(tr.plan.peak[profile.step_region])} for the step), but "
-                         f"{len(target.plan_only(b))} of its parameters (e.g. {target.plan_only(b)[0]}) have no trainable "
+                         f"{len(plan_only(b))} of its parameters (e.g. {plan_only(b)[0]}) have no trainable "
                          f"place in the int8 bundle: it was planned, not run", tr.plan)
     return tr
 
@@ -164,34 +143,30 @@ def _canary_ok(tr) -> bool:
 def boot(bundle: Bundle, cfg: SimConfig, profile: Profile, keep_flash: bytes | None = None):
     """Power on: a fresh arena (SRAM content is gone) and the weights in flash (an emulated chip's checkpoint
     slots as the cut left them: keep_flash)."""
-    tr = plan_or_refuse(bundle, cfg, profile, _weights(bundle), keep_flash)
-    flash = target.place_weights(tr, profile)
+    tr = plan_or_refuse(bundle, cfg, profile, weight_bytes(bundle), keep_flash)
+    flash = place_weights(tr, profile)
     if hasattr(tr, "mcu"):
         tr.count_next = True                  # count the instructions of the first step after each boot
     _canary(tr)
     return tr, flash
 
 
-def _weights(bundle: Bundle) -> int:
-    return target._const_bytes(bundle)  # noqa: SLF001
-
-
 def simulate(bundle_path: str | Path, profile: Profile, cfg: SimConfig, data: tuple, eval_data: tuple | None,
              ckpt_dir: str | Path, log=print) -> dict:
     """Run; returns the results dict the report is written from (see report.py)."""
     bundle = load_bundle(bundle_path)
-    weights = _weights(bundle)
-    target.check_weights(bundle, weights, profile)
+    weights = weight_bytes(bundle)
+    check_weights(bundle, weights, profile)
     tr, flash = boot(bundle, cfg, profile)   # refuses here, before any step
     if hasattr(tr, "measure_heap"):
         tr.measure_heap()                     # what the first step allocates beyond the arena, measured
-    macs = target.step_macs(tr)
+    macs = step_macs(tr)
     ev = eval_data if eval_data is not None else (data[0][:cfg.eval_limit], data[1][:cfg.eval_limit])
     ev = (ev[0][:cfg.eval_limit], ev[1][:cfg.eval_limit])
     ev_q = (to_model_input(ev[0], bundle.manifest, "eval data"), ev[1])
     judge = tr
     if hasattr(tr, "mcu") and cfg.emulate_steps is not None:   # a prefix on the chip: every accuracy point on the
-        judge = target.build_trainer(select(bundle, cfg), profile, cfg.optim(), weights=weights, engine="native")  # host core
+        judge = build_trainer(select(bundle, cfg), profile, cfg.optim(), weights=weights, engine="native")  # host core
     curve = [(0, accuracy(judge, *ev_q), float("nan"))]
     pending = list(cfg.cuts)
     events, boots, t0, host_steps, emulated, flash_log = [], 1, time.time(), 0, None, []
@@ -273,7 +248,7 @@ def _check_prefix(bundle: Bundle, cfg: SimConfig, profile: Profile, chip, data: 
     trainable-state buffer with the emulated chip's, bit for bit; EmulatorFault naming the first that differs."""
     import tempfile
     from .emulated import EmulatorFault
-    host = target.build_trainer(select(bundle, cfg), profile, cfg.optim(), engine="native")
+    host = build_trainer(select(bundle, cfg), profile, cfg.optim(), engine="native")
     with tempfile.TemporaryDirectory() as d:
         train(host.bundle, host.cfg, LoopConfig(steps=steps, seed=cfg.seed, checkpoint_dir=d, checkpoint_every=steps,
                                                 log_every=0), data=data, trainer=host, log=lambda s: None)
@@ -298,7 +273,7 @@ def _emulated(tr, profile: Profile, cfg: SimConfig, flash_log: list) -> dict | N
     if not hasattr(tr, "mcu"):
         return None
     if not tr.mcu.flash_unchanged():
-        raise target.FlashWriteFault("the emulated chip's flash changed outside its checkpoint slots during the run")
+        raise FlashWriteFault("the emulated chip's flash changed outside its checkpoint slots during the run")
     n = tr.step_instructions
     per = int(np.median(n)) if n else None
     step_s = per / (profile.clock_mhz * 1e6) if per else None

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from device.tflite_reader import TFLiteFormatError, read_tflite
+from device import TFLiteFormatError, read_tflite
 
 ROOT = Path(__file__).resolve().parents[1]   # the repo: the child process imports firmware_sim from here
 EXAMPLE = "python -m firmware_sim export-tflm --bundle runs/bundle-new-tinytl-lb --out runs/tflm"

@@ -166,11 +166,11 @@ def native(cfg: FlashConfig, board: Board, slot_dir: Path, meta: dict, tmp: Path
     A staged slot that already ships the board's library is sent as it is; one that does not is changed in
     a copy, never in place."""
     if cfg.dry_run:
-        from device.native.build import library_path
+        from device import native_build
 
         def would(machine: str) -> str:
             t = NATIVE_TARGETS[machine]
-            lib = library_path(t)
+            lib = native_build.library_path(t)
             return (f"{machine} -> {LIB_DIR}/{t}/{lib.name} " + (f"({lib.stat().st_size:,} bytes)" if lib.exists()
                                                                  else "(not built yet: flash builds it on the host)"))
         say(f"native: would ship the C core of the board's architecture (its Python's platform.machine(), read at "

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from device.bundle import file_sha256
+from device import file_sha256
 
 from ._ssh import FlashError
 
@@ -37,7 +37,7 @@ NATIVE_TARGETS = {"aarch64": "aarch64-linux-gnu", "arm64": "aarch64-linux-gnu",
 
 def load_profile(name_or_path: str) -> dict:
     """A Linux board profile from firmware_sim/profiles/ (the one home of device profiles) or a YAML path."""
-    from firmware_sim.profiles import ProfileError, load_profile as load_sim_profile
+    from firmware_sim import ProfileError, load_profile as load_sim_profile
     try:
         p = load_sim_profile(name_or_path)
     except ProfileError as e:
@@ -55,7 +55,7 @@ def bundle_hash(bundle_dir: Path) -> str:
 
 def expected_outputs(bundle_dir: Path, n: int = SAMPLES, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Seeded int8 inputs of the model's input shape and the host engine's outputs (exact float islands)."""
-    from device.engine import Engine
+    from device import Engine
     m = json.loads((bundle_dir / "manifest.json").read_text())
     shape = (n, *m["input"]["shape"][1:])  # (N, H, W, C)
     x = np.random.default_rng(seed).integers(-128, 128, shape, dtype=np.int8)
@@ -69,9 +69,7 @@ def expected_steps(bundle_dir: Path, x: np.ndarray, optimizer: str, region: str,
     yet gives {"skipped": why} (the board then trains with the numpy Trainer)."""
     from dataclasses import asdict
 
-    from device import ProgramError, ProgramTrainer, load_bundle
-    from device.kernels import UnsupportedOpError
-    from device.optim import OptimConfig
+    from device import OptimConfig, ProgramError, ProgramTrainer, UnsupportedOpError, load_bundle
     cfg = OptimConfig(optimizer)
     b = load_bundle(bundle_dir)
     try:
@@ -100,10 +98,10 @@ def ship_native(slot: Path, target: str | None, why: str = "") -> dict:
     files = {k: v for k, v in meta["files"].items() if not k.startswith(LIB_DIR + "/")}
     rec: dict = {"target": target, "library": None, "reason": why}
     if target is not None:
-        from device.native.build import BuildError, build
+        from device import native_build
         try:
-            lib = build(target)
-        except BuildError as e:
+            lib = native_build.build(target)
+        except native_build.BuildError as e:
             rec["reason"] = f"the C core for {target} could not be built on the host ({str(e).splitlines()[0]})"
         else:
             rel = f"{LIB_DIR}/{target}/{lib.name}"
@@ -131,7 +129,7 @@ def _runtime_files(d: str, names: list[str]) -> set[str]:
 def stage_slot(bundle: str | Path, profile: dict, out: str | Path, native: str | None = None) -> dict:
     """Write a slot into `out` (a new directory); returns its slot.json. The bundle is verified first.
     native: the C core's target to ship (see ship_native); None ships none (flash adds the board's after connect)."""
-    from device.bundle import BundleError, load_bundle
+    from device import BundleError, load_bundle
     src, out = Path(bundle), Path(out)
     try:
         b = load_bundle(src)

@@ -109,13 +109,13 @@ def test_partial_run_export_merge_eval_with_litert(lb, tmp_path_factory, tmp_pat
     from device import load_bundle
     from device.loop import LoopConfig, train
     from device.optim import OptimConfig
-    from firmware_sim import target
+    from firmware_sim import trainables
     b = load_bundle(lb)
-    biases = target.method_names(b, "tinytl-b")
+    biases = trainables.method_names(b, "tinytl-b")
     assert biases and len(biases) < len(b.trainable)
     z = np.load(animal_npz(tmp_path_factory, "train", 60))
     ckdir = tmp_path / "ck"
-    train(target.with_trainables(b, biases), OptimConfig("sgd", lr=1e-2, total_steps=20),
+    train(trainables.with_trainables(b, biases), OptimConfig("sgd", lr=1e-2, total_steps=20),
           LoopConfig(steps=20, seed=0, checkpoint_dir=str(ckdir), checkpoint_every=10, log_every=0),
           data=(z["x"], z["y"]), log=lambda s: None)
     r = run("export", "--bundle", lb, "--checkpoint-dir", ckdir, "--out", tmp_path / "t.npz")

@@ -14,9 +14,10 @@ from device import make_trainer
 from device.bundle import load_bundle
 from device.loop import LoopConfig, train
 from device.optim import OptimConfig
+from device.tflite_reader import read_tflite
 from device.trainer import Trainer
 from firmware_sim import FlashError, ProfileError, SimConfig, SimRefused, load_profile, simulate
-from firmware_sim import faults, report, target
+from firmware_sim import boot, faults, flash_image, report, trainables
 from firmware_sim.fit import rewrite
 from firmware_sim.profiles import list_profiles
 
@@ -115,7 +116,7 @@ def test_over_budget_refused_before_any_step(tmp_path, bundle_dir, data, monkeyp
     # the suggestion is computed: the deepest last:k it names really plans within 64 KB
     k = int(msg.split("--trainable-blocks last:")[1].split()[0])
     b = load_bundle(bundle_dir)
-    peak = target.plan_for(b, target.last_k(list(b.trainable), k), OptimConfig("sgd")).peak["sram"]
+    peak = trainables.plan_for(b, trainables.last_k(list(b.trainable), k), OptimConfig("sgd")).peak["sram"]
     assert peak <= 64 * 1024
 
 
@@ -123,7 +124,7 @@ def test_ft_full_refused_tinytl_b_fits_mcu_256k(tmp_path, bundle_dir, data):
     p = load_profile("mcu-256k")
     with pytest.raises(SimRefused, match=r"FT-Full.*does not fit(.|\n)*over by(.|\n)*tinytl-b: fits"):
         simulate(bundle_dir, p, _cfg(trainables="ft-full"), *data, tmp_path / "ck")
-    tr = target.build_trainer(load_bundle(bundle_dir), p, OptimConfig("sgd"))
+    tr = boot.build_trainer(load_bundle(bundle_dir), p, OptimConfig("sgd"))
     assert tr.plan.peak["sram"] <= 256 * 1024
 
 
@@ -135,17 +136,20 @@ def test_weights_that_do_not_fit_flash(tmp_path, bundle_dir, data):
 # ---- flash ----------------------------------------------------------------------------------------
 
 def test_write_to_flash_is_caught(bundle_dir):
-    tr = target.build_trainer(load_bundle(bundle_dir), load_profile("mcu-256k"), OptimConfig("sgd"), engine="numpy")
-    flash = target.place_weights(tr, load_profile("mcu-256k"))
+    tr = boot.build_trainer(load_bundle(bundle_dir), load_profile("mcu-256k"), OptimConfig("sgd"), engine="numpy")
+    flash = flash_image.place_weights(tr, load_profile("mcu-256k"))
     assert flash.image is tr.model                  # the program reads every frozen constant in the model buffer
     with pytest.raises(ValueError, match="read-only"):
         tr.model[100] = 1
     tr.step(np.zeros(tr.x_view.shape, np.int8), 0)
     assert tr._frozen is None                       # and no float copy of a frozen weight was ever made
     flash.verify()  # unchanged
-    other = target.ModelFlash(tr.model.copy(), flash.size)   # a write that got through is caught after the run
+    b = load_bundle(bundle_dir)   # one count of the weights' bytes: the flash image's own layout of the constants
+    consts = {t.index: t.data for t in read_tflite(b.tflite_path).tensors if t.data is not None}
+    assert flash.size == flash_image.weight_bytes(b) == flash_image.Flash(consts).size
+    other = flash_image.ModelFlash(tr.model.copy(), flash.size)   # a write that got through is caught after the run
     other.image[100] ^= 1
-    with pytest.raises(target.FlashWriteFault):
+    with pytest.raises(flash_image.FlashWriteFault):
         other.verify()
 
 
@@ -192,19 +196,43 @@ def test_power_loss_on_20_random_cut_points(tmp_path, bundle_dir, data, baseline
         assert ckpts and [c.name for c in ckpts] == r["checkpoints"]  # every checkpoint file is readable
 
 
+@pytest.mark.parametrize("phase", faults.PHASES)
+def test_power_cut_through_the_numpy_trainers_seam(tmp_path, bundle_dir, data, phase):
+    """The numpy Trainer (the fallback for bundles the step program does not cover) stops where its on_phase
+    seam says, nothing patched; the loop then resumes from the last checkpoint to the uninterrupted run's bits."""
+    b = load_bundle(bundle_dir)
+    o = _cfg().optim()
+    ref = Trainer(b, o)
+    train(b, o, LoopConfig(steps=STEPS, seed=0, log_every=0), data=data[0], trainer=ref, log=lambda s: None)
+    loop = LoopConfig(steps=STEPS, seed=0, checkpoint_dir=str(tmp_path), checkpoint_every=1, log_every=0)
+    tr = Trainer(b, o)
+    with pytest.raises(faults.PowerLoss, match=f"power lost .*step 2 {phase} at 50%"):
+        with faults.inject(faults.Cut(2, phase, 0.5), tr):
+            train(b, o, loop, data=data[0], trainer=tr, log=lambda s: None)
+    assert tr.on_phase is None                       # disarmed on the way out
+    newest = max(int(p.name[5:14]) for p in tmp_path.glob("ckpt-*.npz"))
+    assert newest == (2 if phase in ("forward", "backward", "update", "ckpt-cleanup") else 1), newest
+    assert (phase in ("ckpt-write", "ckpt-fsync", "ckpt-rename")) == bool(list(tmp_path.glob(".ckpt-000000002.npz.tmp")))
+    again = Trainer(b, o)
+    train(b, o, loop, data=data[0], trainer=again, log=lambda s: None)
+    assert all(np.array_equal(again.params[n], ref.params[n]) for n in ref.names)
+
+
 # ---- fit and what-if rules --------------------------------------------------------------------------
 
 def test_partial_update_and_rules(bundle_dir):
-    from firmware_sim.run import deepest_partial
     b = load_bundle(bundle_dir)
     names = list(b.trainable)
     o = OptimConfig("sgd")
-    peaks = [target.plan_for(b, target.last_k(names, k), o).peak["sram"] for k in range(len(target.units(names)) + 1)]
-    assert peaks[0] < peaks[-1] and peaks[-1] == target.plan_for(b, names, o).peak["sram"]
-    k, peak, _ = deepest_partial(b, names, o, "sram", (peaks[0] + peaks[-1]) // 2)
-    assert peak == peaks[k] and (k + 1 == len(peaks) or peaks[k + 1] > (peaks[0] + peaks[-1]) // 2)
+    peaks = [trainables.plan_for(b, trainables.last_k(names, k), o).peak["sram"] for k in range(len(trainables.units(names)) + 1)]
+    assert peaks[0] < peaks[-1] and peaks[-1] == trainables.plan_for(b, names, o).peak["sram"]
+    budget = (peaks[0] + peaks[-1]) // 2
+    k, peak, _ = trainables.deepest(names, budget, lambda ns: trainables.plan_for(b, ns, o).peak["sram"])
+    assert peak == peaks[k] <= budget and (k + 1 == len(peaks) or peaks[k + 1] > budget)
+    assert trainables.deepest(names, peaks[0] - 1, lambda ns: trainables.plan_for(b, ns, o).peak["sram"]) is None
+    assert trainables.deepest(names, peaks[-1], lambda ns: trainables.plan_for(b, ns, o).peak["sram"])[0] == len(peaks) - 1
     from device.engine import Engine
-    plan = target.plan_for(b, names, o)
+    plan = trainables.plan_for(b, names, o)
     from device.planner import plan_greedy
     prev = plan.peak["sram"]
     for i in range(1, 6):
@@ -234,7 +262,7 @@ def test_lite_branch_update_refused_on_mcu_256k_offers_the_bias_update(tmp_path,
     p = load_profile("mcu-256k")
     with pytest.raises(SimRefused) as e:
         simulate(lb, p, _cfg(), train_data, None, tmp_path / "ck")
-    peak = target.plan_for(b, target.method_names(b, "tinytl-b"), OptimConfig("sgd")).peak["sram"]
+    peak = trainables.plan_for(b, trainables.method_names(b, "tinytl-b"), OptimConfig("sgd")).peak["sram"]
     assert f"--trainables tinytl-b: fits {peak / 1024:.1f} KB" in str(e.value), str(e.value)
     assert peak <= p.budgets["sram"]
     r = simulate(lb, p, _cfg(trainables="tinytl-b", steps=4, eval_every=4), train_data, None, tmp_path / "ck2")
@@ -250,7 +278,7 @@ def test_trainable_blocks_argument_is_parsed_once_for_both_clis():
     assert last_k_arg("last:7") == 7 and last_k_arg("last:0") == 0
     names = ["stem.conv.bias", "blocks.0.dw.bias", "blocks.10.pw.bias", "blocks.2.pw.bias", "head.conv.bias", "classifier.weight"]
     assert last_units(names, 2) == ["blocks.10.pw.bias", "head.conv.bias", "classifier.weight"]  # blocks.10 after blocks.2
-    assert last_units(names, 0) == ["classifier.weight"] and target.last_k(names, 2) == last_blocks(names, 2)
+    assert last_units(names, 0) == ["classifier.weight"] and trainables.last_k(names, 2) == last_blocks(names, 2)
     with pytest.raises(UserError, match="k must be >= 0"):
         last_blocks(names, -1)
     for bad in ("first:3", "last:", "last:x", "7"):

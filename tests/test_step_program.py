@@ -30,7 +30,7 @@ def lb(tmp_path_factory):
 
 def tinytl_l(lb):
     """TinyTL-L: the lite branches (weights, GroupNorm gamma/beta) and the classifier, biases frozen."""
-    from firmware_sim.target import with_trainables
+    from firmware_sim.trainables import with_trainables
     return with_trainables(lb, [n for n in lb.trainable if ".lite." in n or n.startswith("classifier")])
 
 

@@ -68,7 +68,9 @@ class ProgramTrainer(Trainer):
         self.core = None
         if self.engine_name == "native":
             self.core, self.words = native_core_for(self.program)
-        self.cut_at: tuple[int, object] | None = None  # (instruction, callback): a simulated power cut (firmware_sim)
+        # the fault seam inside the program (Trainer.on_phase sees only 'step'): (instruction, callback), the
+        # run stops before that instruction and calls back, once; firmware_sim's power cuts set it
+        self.cut_at: tuple[int, object] | None = None
         self.heap_bytes: int | None = None   # Python heap peak during one step, measured once by measure_heap()
         self._measure = False
 
@@ -122,7 +124,12 @@ class ProgramTrainer(Trainer):
                     tracemalloc.stop()
         io = self.next_io(label, self.updates, step_index)
         self.x_view[...] = np.asarray(x).reshape(self.x_view.shape)
-        self._run("step", io)
+        self._now = self.updates if step_index is None else step_index
+        try:
+            self._phase("step", 0, 1)
+            self._run("step", io)
+        finally:
+            self._now = None
         if io.applied:
             self.updates += 1
         return io.loss, bool(io.applied)
