@@ -1,10 +1,9 @@
 /* The learner's firmware: the C core (device/native/core) running the step program on the arena, the program
  * and the .tflite in flash, a mailbox for the host (mailbox.h). Generated next to it by firmware_sim/firmware.py:
- * fw_config.h (sizes, offsets, sections) and blobs.S (the program words, the model bytes and the initial
+ * -D flags FW_* (sizes, offsets, sections: firmware.json "config") and blobs.S (the program words, the model bytes and the initial
  * trainable state, included into .rodata). No libc, no allocator, no interrupts but the reset vector. */
 #include "tt.h"
 #include "mailbox.h"
-#include "fw_config.h"
 
 int tt_run(const int32_t *prog, int64_t nwords, uint8_t *arena, int64_t arena_bytes, const uint8_t *model,
            int64_t model_bytes, tt_io *io, int32_t first, int32_t last, int32_t *where);
