@@ -23,6 +23,7 @@ from .step.runner import ENGINES, ProgramTrainer, default_engine, make_trainer
 from .taps import Taps, dequantize, tensor_index
 from .tflite_reader import TFLiteFormatError, read_tflite
 from .trainer import Trainer
+from .trainables import method_names, plan_only, with_trainables
 
 __all__ = [
     # the bundle: the contract convert writes and every runtime reads
@@ -37,6 +38,7 @@ __all__ = [
     # learning on the device: trainers, the step program, optimizer, loop, data, crash-safe checkpoints
     "ENGINES", "CheckpointError", "DataError", "LoopConfig", "OptimConfig", "ProgramError", "ProgramTrainer", "Trainer",
     "accuracy", "checkpoint", "default_engine", "load_labelled", "make_trainer", "to_model_input", "train",
+    "method_names", "plan_only", "with_trainables",
     # the memory plan: buffers, planner, budgets, the arena the step runs in
     "Arena", "BudgetError", "Buffer", "Plan", "check_budget", "live_bytes_timeline", "peak_step", "plan_greedy",
     # LiteRT's training peer (train.tflite): convert writes its signatures, LiteRTTrainer drives them

@@ -35,7 +35,7 @@ from .engine import Engine
 from .kernels._common import quantized_activation_range
 from .memplan import Arena, Spec, make_plan, spec
 from .optim import OPTIMIZERS, OptimConfig, lr_at, update
-from .planner import check_budget, plan_greedy
+from .planner import Plan, check_budget, plan_greedy
 from .requant import bias_int32, bias_scale, per_channel_int8, to_tflite_layout
 from .taps import Taps, dequantize
 
@@ -46,8 +46,10 @@ class TrainError(RuntimeError):
 
 class Trainer:
     def __init__(self, bundle: Bundle, optim: OptimConfig, *, planner=plan_greedy, budgets: dict | None = None,
-                 region: str = "sram"):
-        self.bundle, self.cfg, self.region = bundle, optim, region
+                 region: str = "sram", arena_capacity: Callable[[Plan], dict[str, int]] | None = None):
+        """budgets: region -> bytes the plan must fit (BudgetError before any arena exists); arena_capacity: the
+        arena's bytes per region given the plan (default: exactly the plan's peak), e.g. a target's whole SRAM."""
+        self.bundle, self.cfg, self.region, self.budgets = bundle, optim, region, budgets
         g = self.graph = bundle.graph
         self.engine = self._make_engine()
         self.taps = Taps(g, self.engine, bundle.frozen)
@@ -67,7 +69,7 @@ class Trainer:
         self.plan = make_plan(self.specs, planner)
         if budgets is not None:
             check_budget(self.plan, budgets)
-        self.arena = Arena(self.plan, self.specs)
+        self.arena = Arena(self.plan, self.specs, capacity=arena_capacity(self.plan) if arena_capacity else None)
         for n in self.names:
             self.arena[f"param:{n}"][...] = bundle.trainable[n]
             for k in range(OPTIMIZERS[optim.name]):
@@ -76,6 +78,15 @@ class Trainer:
         self._dirty = True
         self.on_phase: Callable[[int, str, int, int], None] | None = None  # the fault seam (module docstring)
         self._now: int | None = None  # the step being run (its schedule index), what on_phase is told
+
+    def use_constants(self, views: dict[int, np.ndarray]) -> None:
+        """Read the .tflite's constants from `views` (tensor index -> read-only array, e.g. a flash image) from now
+        on; the frozen float copies backward reads become read-only, and trainable slots are re-encoded into RAM
+        before the next forward."""
+        self.engine.set_constants({i: (v, None) for i, v in views.items()})
+        for v in self.frozen.values():
+            v.flags.writeable = False
+        self._dirty = True
 
     def _phase(self, phase: str, done: int, total: int) -> None:
         """Tell the fault seam that `done` of `total` units of `phase` of the current step are complete."""

@@ -5,7 +5,7 @@ before any arena existed, moved into an arena of exactly that budget (an MCU's S
 """
 from __future__ import annotations
 
-from device import Arena, Bundle, OptimConfig, Trainer, make_trainer
+from device import Bundle, OptimConfig, Trainer, make_trainer
 
 from .flash_image import weight_bytes
 from .profiles import Profile
@@ -32,15 +32,11 @@ def build_trainer(bundle: Bundle, profile: Profile, optim: OptimConfig, *, weigh
     if weights is None:
         weights = weight_bytes(bundle)
     budgets = budgets_for(profile, weights)
+    # an MCU's arena is exactly its budget; a board's DRAM budget (hundreds of MB) gets the plan plus a guard zone
+    def capacity(plan) -> dict[str, int]:
+        return {r: b if b <= MAX_ARENA else plan.peak[r] + GUARD for r, b in budgets.items()}
     if firmware is not None:   # the step program runs on the emulated chip (the image in `firmware`)
         from .emulated import EmulatedTrainer
-        tr = EmulatedTrainer(bundle, optim, firmware, keep_flash=keep_flash, budgets=budgets, region=region)
-    else:
-        tr = make_trainer(bundle, optim, budgets=budgets, region=region, engine=engine)
-    state = tr.state()
-    # an MCU's arena is exactly its budget; a board's DRAM budget (hundreds of MB) gets the plan plus a guard zone
-    capacity = {r: b if b <= MAX_ARENA else tr.plan.peak[r] + GUARD for r, b in budgets.items()}
-    tr.arena = Arena(tr.plan, tr.specs, capacity=capacity)
-    tr.load_state(state)
-    tr.budgets = budgets
-    return tr
+        return EmulatedTrainer(bundle, optim, firmware, keep_flash=keep_flash, budgets=budgets, region=region,
+                               arena_capacity=capacity)
+    return make_trainer(bundle, optim, budgets=budgets, region=region, engine=engine, arena_capacity=capacity)

@@ -91,10 +91,6 @@ def place_weights(tr: Trainer, profile: Profile) -> Flash | ModelFlash:
     if hasattr(tr, "program"):  # the step program reads constants where they sit in the read-only model buffer
         tr.model.flags.writeable = False
         return ModelFlash(tr.model, need)
-    eng = tr.engine
-    flash = Flash({t.index: t.data for t in eng.tensors if t.data is not None})
-    eng.set_constants({i: (v, None) for i, v in flash.views.items()})
-    for v in tr.frozen.values():
-        v.flags.writeable = False
-    tr._dirty = True  # re-encode the trainable slots (out of flash, into RAM) before the first forward
+    flash = Flash({t.index: t.data for t in tr.engine.tensors if t.data is not None})
+    tr.use_constants(flash.views)   # the kernels read flash; trainable slots are re-encoded into RAM
     return flash

@@ -53,8 +53,8 @@ def default_engine() -> str:
 
 class ProgramTrainer(Trainer):
     def __init__(self, bundle, optim: OptimConfig, *, planner=plan_greedy, budgets: dict | None = None,
-                 region: str = "sram", engine: str | None = None):
-        super().__init__(bundle, optim, planner=planner, budgets=budgets, region=region)
+                 region: str = "sram", engine: str | None = None, arena_capacity=None):
+        super().__init__(bundle, optim, planner=planner, budgets=budgets, region=region, arena_capacity=arena_capacity)
         self.engine_name = engine or default_engine()
         if self.engine_name not in ENGINES:
             raise ValueError(f"engine '{self.engine_name}': choose one of {', '.join(ENGINES)}")
