@@ -56,9 +56,18 @@ def summary(runs: Path, results: Path, sim: Path, seconds: float | None) -> str:
         out.append(_line(f"on-device learning ({r['profile']}, batch 1)",
                          f"{r['steps']} steps, accuracy {r['final_accuracy']:.4f} on {r['eval_samples']}", sim / "report.md"))
         out.append(f"    {r['region']} arena {r['peak_bytes'] / 1024:.1f} of {r['budget_bytes'] / 1024:.1f} KB, flash weights "
-                   f"{r['weights_bytes'] / 1024:.1f} KB, ~{r['step_ms_est']:.0f} ms/step on the target (estimate); "
+                   f"{r['weights_bytes'] / 1024:.1f} KB, ~{r['step_ms_est']:.0f} ms/step on the target (MAC-rate estimate); "
                    f"plots {sim / 'memory.png'}, {sim / 'accuracy.png'}")
-        if r.get("engine"):
+        em = r.get("emulated")
+        if em:
+            sram = em["sizes"]["sram"]
+            prefix = em.get("prefix")
+            out.append(f"    as a {em['cpu']} image (SRAM {sram['used']:,} of {sram['budget']:,} bytes linked): "
+                       + (f"steps 1-{prefix['steps']} on the emulated chip, bit-identical to the host C core, the rest on "
+                          "the host C core; " if prefix else "every step on the emulated chip; ")
+                       + f"{em['instructions_per_step'] / 1e6:.1f} M instructions/step, >= "
+                       f"{1e3 * em['step_seconds_lower_bound']:.0f} ms/step on the target (a lower bound)")
+        elif r.get("engine"):
             heap = r.get("heap_bytes_per_step")
             out.append(f"    ran on the {'C core' if r['engine'] == 'native' else r['engine']} engine at {r['host_ms_per_step']:.1f} ms/step "
                        f"on this host" + (f", {heap:,} bytes of heap per step beyond the arena (measured)" if heap is not None else "")
@@ -70,6 +79,8 @@ def summary(runs: Path, results: Path, sim: Path, seconds: float | None) -> str:
         text = refused.read_text() if refused.exists() else ""
         m = re.search(r"peak \d+ bytes \(([0-9.]+ KB)\) > budget \d+ bytes \(([0-9.]+ KB)\)", text)
         value = f"planned {m.group(1)} > budget {m.group(2)}" if m else (text.splitlines()[0][:48] if text else "missing")
+        if m and "by the linker" in text:
+            value += ", by the linker"
         out.append(_line(f"refused on the MCU: {name}", value, refused))
     ev = sim / "litert_eval.txt"
     out.append(_line("merged .tflite under LiteRT", ev.read_text().strip() if ev.exists() else "missing", sim / "adapted.tflite"))
